@@ -1,0 +1,1 @@
+"""audiodiff: the audio models (vocoder, text-to-sound) built on diffcore."""

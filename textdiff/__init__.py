@@ -1,0 +1,1 @@
+"""textdiff: the masked diffusion language model built on diffcore."""

@@ -1,0 +1,1 @@
+"""diffcore: the shared diffusion core."""

@@ -1,0 +1,222 @@
+"""Reverse samplers for masked diffusion: ancestral (MDLM) and confidence-ordered (LLaDA).
+
+Both walk a decreasing time grid t_0 > ... > t_N = 0 (``diffcore.timesteps``) and only ever turn
+mask tokens into data tokens; tokens present in the starting sequence (a prompt, the known context
+of an infilling task) are never changed.
+
+Ancestral (MDLM, Sahoo et al. 2024, with SUBS): for a step t -> s < t the reverse posterior
+of a still-masked token is
+
+    q(z_s | z_t = mask, x0) = (alpha_s - alpha_t) / (1 - alpha_t) * onehot(x0)
+                              + (1 - alpha_s) / (1 - alpha_t) * onehot(mask),
+
+so each mask is revealed with probability (alpha_s - alpha_t) / (1 - alpha_t), taking a token drawn
+from the model's x0 distribution; the last step (s = 0, alpha = 1) fills every remaining mask.
+With the exact denoiser of a factorised distribution this samples it exactly for any number of
+steps; for dependent data, revealing several tokens in one step from independent per-position
+predictions is the approximation that more steps reduce.
+
+Confidence (LLaDA, Nie et al. 2025, "low-confidence remasking"): the expected number of tokens
+is revealed per step, but deterministically (rounded), choosing the masked
+positions whose sampled token has the highest model probability. This is a heuristic: it favours
+confident tokens, so unlike ancestral sampling it is biased towards the modes of each position
+(it is exact only when one step reveals everything).
+
+Caching (MDLM's efficient sampler): a network that is not conditioned on t gives the same logits
+for the same z_t, so when a step reveals nothing the previous logits are reused; that changes
+the number of network evaluations, never the samples. Steps that start with no masks left make
+no network call at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ..timesteps import as_grid
+from .process import check_mask_id, subs_log_probs
+from .schedules import MaskingSchedule
+
+LogitsFn = Callable[[Tensor, Tensor], Tensor]
+Method = Literal["ancestral", "confidence"]
+
+_CHUNK_ELEMENTS = 1 << 24  # rows per Gumbel draw are capped so that rows * V <= this (128 MiB f64)
+
+
+@dataclass
+class SamplingStats:
+    """What a call to ``sample_masked(..., return_stats=True)`` cost.
+
+    nfe: network (``logits_fn``) evaluations; steps: steps of the grid that were walked.
+    """
+
+    nfe: int
+    steps: int
+
+
+def filter_logits(logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> Tensor:
+    """Apply temperature, then top-k, then nucleus (top-p) filtering to logits (..., V).
+
+    Removed tokens get -inf. top-p keeps the smallest set of most probable tokens whose total
+    probability reaches top_p (Holtzman et al. 2020), always at least one. ``temperature`` must be
+    positive here; the samplers treat temperature 0 as greedy (argmax) themselves.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive here, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+    out = logits / temperature if temperature != 1 else logits
+    if top_k is not None and top_k < out.shape[-1]:
+        kth = torch.topk(out, top_k, dim=-1).values[..., -1:]
+        out = out.masked_fill(out < kth, -torch.inf)
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = torch.sort(out, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits.to(torch.float64), dim=-1)
+        mass_before = torch.cumsum(probs, dim=-1) - probs  # probability of strictly better tokens
+        drop_sorted = mass_before >= top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        out = out.masked_fill(drop, -torch.inf)
+    return out
+
+
+def sample_categorical(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One draw per row of Cat(softmax(logits)) by the Gumbel-max trick, in float64.
+
+    argmax(logits + G) with G = -log(-log U) is an exact categorical sample. Float64 matters: in
+    float32 the Gumbel noise's tail is truncated, which acts like a lower temperature and reduces
+    sample diversity (Zheng et al. 2024, arXiv:2409.02908; LLaDA samples in float64 for this
+    reason). Rows are processed in chunks to bound memory for large vocabularies.
+    """
+    flat = logits.reshape(-1, logits.shape[-1])
+    rows = max(1, _CHUNK_ELEMENTS // max(1, flat.shape[-1]))
+    out = []
+    for chunk in flat.split(rows):
+        u = torch.rand(chunk.shape, generator=generator, dtype=torch.float64, device=chunk.device)
+        gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(torch.float64).tiny)))
+        out.append(torch.argmax(chunk.to(torch.float64) + gumbel, dim=-1))
+    if not out:
+        return torch.zeros(logits.shape[:-1], dtype=torch.long, device=logits.device)
+    return torch.cat(out).reshape(logits.shape[:-1])
+
+
+def _draw_tokens(logp: Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                 generator: torch.Generator | None) -> Tensor:
+    """Sample x0 tokens from SUBS log-probs (N, V) with the decoding controls applied."""
+    if temperature == 0:
+        return torch.argmax(filter_logits(logp, top_k=top_k, top_p=top_p), dim=-1)
+    return sample_categorical(filter_logits(logp, temperature=temperature, top_k=top_k, top_p=top_p),
+                              generator)
+
+
+def sample_masked(logits_fn: LogitsFn, z_T: Tensor, ts: int | Tensor | Sequence[float],
+                  schedule: MaskingSchedule, mask_id: int, *, generator: torch.Generator | None = None,
+                  callback: Callable[[dict[str, Any]], None] | None = None, method: Method = "ancestral",
+                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                  cache: bool = True, time_conditioned: bool = False,
+                  return_stats: bool = False) -> Tensor | tuple[Tensor, SamplingStats]:
+    """Fill the masks of ``z_T`` by walking the grid ``ts`` backwards with a masked-diffusion model.
+
+    Args:
+        logits_fn: ``logits_fn(z_t, t) -> logits`` with tokens (B, L), float32 times (B,) and
+            logits (B, L, V); only the masked positions' logits are used (SUBS is applied here).
+        z_T: the start (B, L): mask_id everywhere to generate unconditionally, or holding known
+            tokens (prompt, infilling context) that are kept unchanged. No masks: returned as is.
+        ts: a decreasing grid ending at 0 from ``diffcore.timesteps``, or a step count (uniform).
+        method: "ancestral" (exact reverse process) or "confidence" (LLaDA low-confidence remasking).
+        temperature, top_k, top_p: applied to the x0 logits before sampling (``filter_logits``);
+            temperature 0 means greedy (argmax).
+        cache: reuse the last logits when the previous step revealed nothing (only if
+            ``time_conditioned`` is False: the network must not depend on t).
+        callback: called after every step with a dict: i (step index), t, s (the step's start and
+            end time), z (tokens after the step; not modified later), n_masked (remaining masks),
+            nfe (network evaluations so far).
+        return_stats: also return a ``SamplingStats`` (network evaluations, steps).
+    Returns:
+        The sampled tokens (B, L), or ``(tokens, SamplingStats)`` with ``return_stats``.
+    """
+    check_mask_id(mask_id)
+    if method not in ("ancestral", "confidence"):
+        raise ValueError(f"unknown method {method!r}; choose ancestral or confidence")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if z_T.ndim != 2:
+        raise ValueError(f"z_T must be (batch, length) tokens, got shape {tuple(z_T.shape)}")
+    grid = as_grid(ts)
+    alphas = schedule.alpha(grid).tolist()
+    z = z_T.clone()
+    b, device = z.shape[0], z.device
+    n_start = (z == mask_id).sum(1)  # per-row masks at the start (confidence's count budget)
+    logp: Tensor | None = None  # SUBS log-probs of the last network call, reused while z is unchanged
+    changed, nfe = True, 0
+
+    for i in range(len(grid) - 1):
+        t, s = float(grid[i]), float(grid[i + 1])
+        masked = z == mask_id
+        if bool(masked.any()):
+            if logp is None or changed or not cache or time_conditioned:
+                logits = logits_fn(z, torch.full((b,), t, dtype=torch.float32, device=device))
+                nfe += 1
+                if logits.shape[:2] != z.shape:
+                    raise ValueError(f"logits_fn returned {tuple(logits.shape)} for tokens {tuple(z.shape)}")
+                check_mask_id(mask_id, logits.shape[-1])
+                if nfe == 1 and bool(((z < 0) | (z >= logits.shape[-1])).any()):
+                    raise ValueError(f"z_T holds tokens outside the vocabulary of size {logits.shape[-1]}")
+                logp = subs_log_probs(logits, z, mask_id)
+            # Reveal probability (alpha_s - alpha_t) / (1 - alpha_t); exactly 1 on the last step.
+            last = i == len(grid) - 2
+            p = 1.0 if last else (alphas[i + 1] - alphas[i]) / max(1.0 - alphas[i], 1e-300)
+            if method == "ancestral":
+                u = torch.rand(z.shape, generator=generator, dtype=torch.float64, device=device)
+                reveal = masked & (u < p)
+                tokens = _draw_tokens(logp[reveal], temperature, top_k, top_p, generator)
+                z_new = z.clone()
+                z_new[reveal] = tokens.to(z.dtype)
+            else:
+                z_new = _confidence_step(z, masked, logp, n_start, alphas, i, last, mask_id, temperature,
+                                         top_k, top_p, generator)
+            changed = bool((z_new != z).any())
+            z = z_new
+        else:
+            changed = False
+        if callback is not None:
+            callback({"i": i, "t": t, "s": s, "z": z, "n_masked": int((z == mask_id).sum()), "nfe": nfe})
+
+    stats = SamplingStats(nfe=nfe, steps=len(grid) - 1)
+    return (z, stats) if return_stats else z
+
+
+def _confidence_step(z: Tensor, masked: Tensor, logp: Tensor, n_start: Tensor, alphas: list[float], i: int,
+                     last: bool, mask_id: int, temperature: float, top_k: int | None, top_p: float | None,
+                     generator: torch.Generator | None) -> Tensor:
+    """One LLaDA step: sample every mask, keep the k most confident, leave the rest masked.
+
+    k follows the expected schedule cumulatively: after the step, round(n_start * (1 - alpha_s) /
+    (1 - alpha_{t_0})) masks remain, which is n_masked * (alpha_s - alpha_t) / (1 - alpha_t)
+    revealed per step without the rounding drift of per-step counts (a step count near L then
+    reveals about one token per step, as LLaDA does); none remain after the last step.
+    """
+    n_masked = masked.sum(1)
+    if last:
+        remain = torch.zeros_like(n_masked)
+    else:
+        frac = (1 - alphas[i + 1]) / max(1 - alphas[0], 1e-300)
+        remain = torch.floor(n_start.to(torch.float64) * frac + 0.5).long()
+    k = (n_masked - remain).clamp(min=0)
+    tokens = torch.full_like(z, mask_id)
+    tokens[masked] = _draw_tokens(logp[masked], temperature, top_k, top_p, generator).to(z.dtype)
+    # Confidence: the model's (SUBS) probability of the sampled token, as in LLaDA.
+    conf = logp.gather(-1, tokens.clamp(0, logp.shape[-1] - 1).long().unsqueeze(-1)).squeeze(-1)
+    conf = torch.where(masked, conf.to(torch.float64), torch.full_like(conf, -torch.inf, dtype=torch.float64))
+    order = torch.argsort(conf, dim=1, descending=True, stable=True)
+    positions = torch.arange(z.shape[1], device=z.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, positions)  # rank[b, l]: place of l by confidence
+    reveal = masked & (rank < k.unsqueeze(1))
+    return torch.where(reveal, tokens, z)

@@ -20,6 +20,7 @@ import math
 import time
 
 import torch
+
 from diffcore import toy
 from diffcore.samplers import prior_sample
 from diffcore.schedules import CosineSchedule

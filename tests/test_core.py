@@ -55,7 +55,8 @@ def test_resample_agrees_at_its_points_and_betas_round_trip(name):
     r = s.resample(25)
     k = torch.arange(0, 26, dtype=torch.float64) / 25
     torch.testing.assert_close(r.alpha_bar(k), s.alpha_bar(k), rtol=1e-10, atol=1e-14)
-    torch.testing.assert_close(torch.cumprod(1 - s.betas(50), 0), s.alpha_bar(torch.arange(1, 51, dtype=torch.float64) / 50),
+    k50 = torch.arange(1, 51, dtype=torch.float64) / 50
+    torch.testing.assert_close(torch.cumprod(1 - s.betas(50), 0), s.alpha_bar(k50),
                                rtol=1e-10, atol=1e-14)
 
 
@@ -98,7 +99,8 @@ def test_grids():
     assert g[-1] == 0 and len(g) == 11 and torch.all(g[1:] < g[:-1])
     sig = torch.exp(-s.logsnr(g[:-1]) / 2)
     inv = sig ** (1 / 7)  # Karras spacing is uniform in sigma^(1/rho)
-    torch.testing.assert_close(inv[1:] - inv[:-1], torch.full((9,), float(inv[1] - inv[0]), dtype=torch.float64), rtol=1e-6, atol=1e-8)
+    step = torch.full((9,), float(inv[1] - inv[0]), dtype=torch.float64)
+    torch.testing.assert_close(inv[1:] - inv[:-1], step, rtol=1e-6, atol=1e-8)
     g = T.logsnr_uniform(s, 8)
     d = torch.diff(s.logsnr(g[:-1]))
     torch.testing.assert_close(d, torch.full_like(d, float(d[0])), rtol=1e-6, atol=1e-8)
@@ -107,7 +109,8 @@ def test_grids():
     table = [1e-4, 1e-3, 1e-2, 0.1, 0.5, 0.99]
     g = T.from_betas(table, S.LinearBetaSchedule())
     torch.testing.assert_close(S.LinearBetaSchedule().logsnr(g[:-1]),
-                               VP["table"].logsnr(torch.arange(6, 0, -1, dtype=torch.float64) / 6), rtol=1e-8, atol=1e-8)
+                               VP["table"].logsnr(torch.arange(6, 0, -1, dtype=torch.float64) / 6),
+                               rtol=1e-8, atol=1e-8)
 
 
 @pytest.mark.parametrize("kind", ["vp", "ve"])

@@ -38,12 +38,13 @@ import torch
 
 pytest.importorskip("diffusers")
 
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler  # noqa: E402
+
 from diffcore import timesteps  # noqa: E402
 from diffcore.parameterization import as_denoiser  # noqa: E402
 from diffcore.samplers import sample_ddim, sample_dpmpp_2m  # noqa: E402
 from diffcore.schedules import LinearBetaSchedule  # noqa: E402
 from diffcore.testing import GaussianMixture  # noqa: E402
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler  # noqa: E402
 
 pytestmark = [
     pytest.mark.crosscheck,

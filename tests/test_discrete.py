@@ -11,6 +11,8 @@ import math
 
 import pytest
 import torch
+from scipy import stats
+
 from diffcore import timesteps
 from diffcore.discrete import (
     CosineMasking,
@@ -28,7 +30,6 @@ from diffcore.discrete import (
     sample_masked,
     subs_log_probs,
 )
-from scipy import stats
 
 SCHEDULES = [LogLinearMasking(), CosineMasking(), PolynomialMasking(2.0), LinearNoiseMasking(),
              LogLinearMasking(eps=0.0)]

@@ -8,13 +8,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
 from diffcore.lightning import EMA, DiffusionModule, NonFiniteLossError, lr_factor
 from diffcore.losses import dsm_loss
 from diffcore.pretrained import PretrainedMixin, capture_config
 from diffcore.schedules import CosineSchedule
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*does not have many workers",
                                         "ignore:.*is smaller than the logging",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
-import diffcore.pretrained as pretrained
 import pytest
 import torch
-from diffcore.pretrained import PretrainedMixin, capture_config, load_state, read_json, save_state
 from torch import nn
+
+import diffcore.pretrained as pretrained
+from diffcore.pretrained import PretrainedMixin, capture_config, load_state, read_json, save_state
 
 
 class TinyMLP(PretrainedMixin, nn.Module):

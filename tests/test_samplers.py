@@ -76,7 +76,7 @@ def test_adaptive_solver_reaches_tolerance_with_fewer_steps_when_looser():
     for rtol in (1e-2, 1e-4):
         nfe = []
         x = P.sample_adaptive(MIX.denoiser(sched), x_T, sched, rtol=rtol, atol=rtol,
-                              callback=lambda d: nfe.append(d["nfe"]))
+                              callback=lambda d, nfe=nfe: nfe.append(d["nfe"]))
         results[rtol] = (x, nfe[-1])
     assert results[1e-2][1] < results[1e-4][1]
     x = results[1e-4][0]

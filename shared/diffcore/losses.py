@@ -16,7 +16,8 @@ in the prediction space. For L1 the same factor enters unsquared, so L1 carries 
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor

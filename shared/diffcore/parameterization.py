@@ -12,7 +12,8 @@ These hold for any schedule, VP or VE. ``as_denoiser`` turns a network into the 
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor

@@ -20,7 +20,8 @@ with s(t) = alpha). This makes the same code correct for VP and VE schedules.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor

@@ -14,7 +14,8 @@ its cumulative products sit exactly at ``t = n / N`` and log(alpha_bar) is linea
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor

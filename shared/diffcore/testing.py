@@ -14,7 +14,7 @@ and the sampler benchmark.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

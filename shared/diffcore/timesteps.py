@@ -7,7 +7,7 @@ sample even for a VE schedule whose sigma(0) > 0 (as in EDM, where the sigma lad
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -152,13 +152,17 @@ def test_known_values_are_kept_and_unknown_follow_the_conditional():
     values[:, 0] = 2.0
     mask = torch.zeros(n, 2, dtype=torch.bool)
     mask[:, 0] = True
-    x = P.sample_ddpm(data.denoiser(sched), data.prior_sample(sched, n, generator=g), 500, sched,
-                      generator=g, known=P.Known(values, mask))
-    assert torch.equal(x[:, 0], values[:, 0])
-    assert float((x[:, 1] > 0).double().mean()) > 0.95  # the +2 mode
-    right = x[:, 1][x[:, 1] > 0]
-    # replacement lags the exact conditional (mean 2.0): measured 1.84 here; the unconditional mean is 0
-    assert 1.6 < float(right.mean()) < 2.2
+    x_T = data.prior_sample(sched, n, generator=g)
+    known = P.Known(values, mask)
+    # Replacement steers once per step: DDPM's 500 steps put 98% in the right mode, the adaptive
+    # solver's 39 accepted steps 89% (measured); either is far from the 50% without the hook.
+    for x, share in ((P.sample_ddpm(data.denoiser(sched), x_T, 500, sched, generator=g, known=known), 0.95),
+                     (P.sample_adaptive(data.denoiser(sched), x_T, sched, generator=g, known=known), 0.8)):
+        assert torch.equal(x[:, 0], values[:, 0])
+        assert float((x[:, 1] > 0).double().mean()) > share  # the +2 mode
+        right = x[:, 1][x[:, 1] > 0]
+        # replacement lags the exact conditional (mean 2.0): DDPM gave 1.84 here; unconditional mean is 0
+        assert 1.6 < float(right.mean()) < 2.2
 
 
 def test_reproducible_with_generator_and_callback_reports_every_step():

@@ -255,7 +255,8 @@ def sample_pc(D: Denoiser, x_T: Tensor, steps: Steps, schedule: Schedule, *, n_c
 
 def sample_adaptive(D: Denoiser, x_T: Tensor, schedule: Schedule, *, t_max: float = 1.0, rtol: float = 1e-3,
                     atol: float = 1e-3, s_min: float = 2e-3, h_init: float = 0.5, max_steps: int = 10_000,
-                    cond: Mapping | None = None, callback: Callback | None = None,
+                    cond: Mapping | None = None, generator: torch.Generator | None = None,
+                    callback: Callback | None = None, known: Known | None = None,
                     clip: tuple[float, float] | None = None) -> Tensor:
     """Adaptive step-size probability-flow ODE solver: Bogacki-Shampine 3(2) with error control.
 
@@ -263,6 +264,9 @@ def sample_adaptive(D: Denoiser, x_T: Tensor, schedule: Schedule, *, t_max: floa
     down to max(s(0), s_min), choosing each step so the embedded error estimate stays within
     ``atol + rtol * |y|`` (RMS per sample, worst sample of the batch), then denoises to t = 0.
     The number of denoiser calls follows from the tolerance; ``callback`` gets ``"nfe"`` too.
+    With ``known``, the known entries are reset to a fresh forward sample after every accepted step
+    (one extra denoiser call per step, since the stored slope no longer applies); ``generator``
+    draws that noise.
     """
     cond = dict(cond or {})
     u_of_t = lambda t: -float(schedule.logsnr(torch.tensor(t, dtype=torch.float64))) / 2  # noqa: E731
@@ -294,8 +298,13 @@ def sample_adaptive(D: Denoiser, x_T: Tensor, schedule: Schedule, *, t_max: floa
         e = float((err / tol).pow(2).flatten(1).mean(1).sqrt().max())
         if e <= 1:  # accept; k4 is the next step's k1 (first same as last)
             u, y, k1, i = u + h, y_new, k4, i + 1
+            if known is not None:
+                z = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+                y = torch.where(known.mask.bool(), (known.values + math.exp(u) * z).to(y.dtype), y)
+                k1 = f(u, y)
             if callback is not None:
                 t = schedule.t_of_logsnr(torch.tensor(-2 * u, dtype=torch.float64))
                 callback({"i": i, "t": float(t), "x": float(schedule.alpha(t)) * y, "denoised": y - k1, "nfe": nfe})
         h = h * min(5.0, max(0.2, 0.9 * (e if e > 0 else 1e-10) ** (-1 / 3)))
-    return y - k1  # k1 = y - D(alpha y, t_end): the denoised sample at the last level, no extra call
+    x0 = y - k1  # k1 = y - D(alpha y, t_end): the denoised sample at the last level, no extra call
+    return torch.where(known.mask.bool(), known.values.to(x0.dtype), x0) if known is not None else x0

@@ -9,6 +9,7 @@ from diffcore import samplers as P
 from diffcore import schedules as S
 from diffcore import timesteps as T
 from diffcore.testing import GaussianMixture
+from diffcore.toy import exact_ode_map, ks_distance
 
 GAUSS = GaussianMixture.gaussian([0.5], 1.0)
 MIX = GaussianMixture([0.3, 0.7], [[-1.0], [1.0]], [0.5, 0.5])
@@ -26,14 +27,6 @@ CONFIGS = {
     "pc": (P.sample_pc, lambda s: 500, {"n_corrector": 1}),
 }
 SCHEDULES = {"linear": S.LinearBetaSchedule(), "cosine": S.CosineSchedule(), "ve": S.GeometricVESchedule(0.01, 50)}
-
-
-def ks_stat(x: torch.Tensor, data: GaussianMixture) -> float:
-    xs = torch.sort(x.flatten().double()).values
-    n = xs.numel()
-    f = data.cdf_1d(xs)
-    i = torch.arange(1, n + 1, dtype=torch.float64)
-    return float(torch.maximum(i / n - f, f - (i - 1) / n).max())
 
 
 def check_moments(x: torch.Tensor, data: GaussianMixture, slack: float = 1.0) -> None:
@@ -54,7 +47,7 @@ def test_sampler_matches_gaussian_and_mixture(name, sched_name):
                generator=g, **kw)
         assert torch.isfinite(x).all()
         check_moments(x, data, slack=1.0 if data is GAUSS else 1.2)  # mixture var is not Gaussian: wider SE
-        assert ks_stat(x, data) * math.sqrt(N) < 1.95, "sample distribution differs from the data"
+        assert ks_distance(data, x) * math.sqrt(N) < 1.95, "sample distribution differs from the data"
 
 
 def test_annealed_langevin_on_ve_ladder():
@@ -65,7 +58,7 @@ def test_annealed_langevin_on_ve_ladder():
         x = P.sample_langevin(data.denoiser(sched), data.prior_sample(sched, N, generator=g), 20, sched,
                               n_steps=100, step_size=0.3, generator=g)
         check_moments(x, data, slack=1.2)
-        assert ks_stat(x, data) * math.sqrt(N) < 1.95
+        assert ks_distance(data, x) * math.sqrt(N) < 1.95
 
 
 def test_adaptive_solver_reaches_tolerance_with_fewer_steps_when_looser():
@@ -81,14 +74,7 @@ def test_adaptive_solver_reaches_tolerance_with_fewer_steps_when_looser():
     assert results[1e-2][1] < results[1e-4][1]
     x = results[1e-4][0]
     check_moments(x, MIX, slack=1.2)
-    assert ks_stat(x, MIX) * math.sqrt(N) < 1.95
-
-
-def exact_ode_map(x_T, sched, m, sd):
-    """For N(m, sd^2) data, the probability-flow ODE in y = x/alpha, s = sigma/alpha keeps
-    (y - m) / sqrt(sd^2 + s^2) constant, so it maps x_T to m + (y_T - m) sd / sqrt(sd^2 + s_T^2)."""
-    a, s = (float(v) for v in sched.alpha_sigma(1.0))
-    return m + (x_T / a - m) * sd / math.sqrt(sd**2 + (s / a) ** 2)
+    assert ks_distance(MIX, x) * math.sqrt(N) < 1.95
 
 
 @pytest.mark.parametrize("sched_name", list(SCHEDULES))
@@ -103,7 +89,7 @@ def test_ode_solver_convergence_order(name, order, sched_name):
     g = torch.Generator().manual_seed(3)
     data = GaussianMixture.gaussian([1.5], 0.5)
     x_T = data.prior_sample(sched, 500, generator=g)
-    exact = exact_ode_map(x_T, sched, 1.5, 0.5)
+    exact = exact_ode_map(sched, x_T, 1.5, 0.5)
     errs = [float((fn(data.denoiser(sched), x_T, T.logsnr_uniform(sched, n), sched) - exact).pow(2).mean().sqrt())
             for n in (20, 40, 80)]
     p = math.log2(errs[0] / errs[2]) / 2

@@ -9,9 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .parameterization import Denoiser
 from .schedules import Schedule, bcast
-
-Denoiser = Callable[..., Tensor]
 
 
 def _cat_cond(a: Mapping[str, Any], b: Mapping[str, Any], batch: int) -> dict[str, Any] | None:

@@ -26,10 +26,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from .parameterization import Denoiser
 from .schedules import Schedule
 from .timesteps import as_grid
 
-Denoiser = Callable[..., Tensor]
 Callback = Callable[[dict[str, Any]], None]
 Steps = int | Tensor | Sequence[float]
 

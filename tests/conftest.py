@@ -1,7 +1,41 @@
 """Shared test set-up."""
 
+import os
+from collections.abc import Callable
+
+import pytest
 import torch
 
 # The tests use many small tensors; on a 2-core CI machine one intra-op thread is fastest and keeps
 # timings stable when other processes share the machine.
 torch.set_num_threads(1)
+
+
+# --- system packages (Debian programs, data files) that some tests need -----------------------------
+
+
+@pytest.fixture(scope="session")
+def need_system() -> Callable[[Callable[[], object]], None]:
+    """``need_system(check)`` runs ``check`` (e.g. ``speech.check_requirements``); a missing program or
+    package skips the test, or fails it when ``DIFFCORE_REQUIRE_SYSTEM=1`` (set by CI, which installs them)."""
+    from diffcore.data import MissingDependencyError
+
+    def need(check: Callable[[], object]) -> None:
+        try:
+            check()
+        except MissingDependencyError as e:
+            if os.environ.get("DIFFCORE_REQUIRE_SYSTEM") == "1":
+                pytest.fail(f"DIFFCORE_REQUIRE_SYSTEM=1 but: {e}")
+            pytest.skip(str(e))
+
+    return need
+
+
+@pytest.fixture(scope="session")
+def speech_tiny(tmp_path_factory, need_system):
+    """The built-in speech set at size tiny, built once per test session."""
+    from audiodiff.data import speech
+    from diffcore.data import build
+
+    need_system(speech.check_requirements)
+    return build("speech", "tiny", root=tmp_path_factory.mktemp("data"), progress=False)

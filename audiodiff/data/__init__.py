@@ -1,0 +1,1 @@
+"""Built-in audio data sets (speech, sounds) and loaders for users' own audio."""

@@ -39,3 +39,13 @@ def speech_tiny(tmp_path_factory, need_system):
 
     need_system(speech.check_requirements)
     return build("speech", "tiny", root=tmp_path_factory.mktemp("data"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def sounds_tiny(tmp_path_factory, need_system):
+    """The built-in sounds set at size tiny, built once per test session."""
+    from audiodiff.data import sounds
+    from diffcore.data import build
+
+    need_system(sounds.check_requirements)
+    return build("sounds", "tiny", root=tmp_path_factory.mktemp("data"), progress=False)

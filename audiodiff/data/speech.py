@@ -36,6 +36,7 @@ from diffcore.data import (
     DataError,
     assign_split,
     debian_version,
+    ensure_split,
     python_version,
     require_command,
     require_module,
@@ -238,10 +239,7 @@ def assign_speech_splits(items: list[tuple[str, str]], seed: int) -> dict[str, s
     to ``validation`` (at least one utterance), the others to ``train``."""
     out = {utt: "test" if is_test(person) else assign_split(utt, {"train": 0.95, "validation": 0.05}, seed=seed)
            for utt, person in items}
-    if "validation" not in out.values():
-        train = [u for u, s in out.items() if s == "train"]
-        if len(train) > 1:
-            out[min(train, key=lambda u: stable_unit("validation", u, seed=seed))] = "validation"
+    ensure_split(out, "validation", seed=seed)
     return out
 
 

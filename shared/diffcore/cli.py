@@ -3,6 +3,7 @@
     diffcore data build speech|sounds|text [--size tiny|small|full] [--root DIR] [--seed 0] [--force]
     diffcore data path NAME [--size small]      # print where a set lives (built or not)
     diffcore data verify NAME [--size small]    # re-check every file against the manifest's checksums
+    diffcore data system-deps [--install]       # list (or install) the Debian packages the builders read
     diffcore demo [--n 20000] [--seed 0] [--out runs/demo]
 
 ``data`` builds the built-in data sets (``diffcore.data``). ``demo`` runs every sampler on the
@@ -60,6 +61,19 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
+    if args.action == "system-deps":
+        missing = data.missing_system_packages()
+        if args.install:
+            data.install_system_packages()
+        elif missing:
+            print("missing Debian packages; install them with: apt-get update && apt-get install "
+                  f"--no-install-recommends {' '.join(missing)}  (or: diffcore data system-deps --install)")
+            return 1
+        print("every Debian package the data builders need is installed")
+        return 0
+    if args.name is None:
+        print("diffcore data: name the data set (speech, sounds, text or all)", file=sys.stderr)
+        return 2
     names = list(data.BUILDERS) if args.name == "all" else [args.name]
     for name in names:
         if args.action == "path":
@@ -109,8 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     dat = sub.add_parser("data", help="build the built-in data sets (speech, sounds, text)")
-    dat.add_argument("action", choices=("build", "path", "verify"))
-    dat.add_argument("name", choices=(*data.BUILDERS, "all"))
+    dat.add_argument("action", choices=("build", "path", "verify", "system-deps"))
+    dat.add_argument("name", nargs="?", choices=(*data.BUILDERS, "all"))
+    dat.add_argument("--install", action="store_true", help="system-deps: install the missing Debian packages "
+                                                            "(apt-get, as root or through sudo)")
     dat.add_argument("--size", choices=data.SIZES, default="small",
                      help="tiny: seconds (tests); small: minutes (the demo); full: everything the sources give")
     dat.add_argument("--root", default=None, help="parent folder of the sets (default $DIFFCORE_DATA_HOME or "

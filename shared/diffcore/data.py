@@ -48,6 +48,9 @@ BUILDERS: dict[str, str] = {
     "text": "textdiff.data",
 }
 T = TypeVar("T")
+# Debian packages the builders read (see each builder's docstring); `diffcore data system-deps --install`.
+SYSTEM_PACKAGES = ("espeak-ng", "flite", "festival", "festvox-us-slt-hts", "festvox-kallpc16k", "festvox-kdlpc16k",
+                   "fluidsynth", "fluid-soundfont-gm", "wordnet-base", "tuxpaint-stamps-default")
 
 
 class MissingDependencyError(RuntimeError):
@@ -167,6 +170,27 @@ def download_deb(package: str, dest: Path) -> Path:
     return found()[-1]
 
 
+def missing_system_packages() -> list[str]:
+    """The packages of ``SYSTEM_PACKAGES`` that are not installed."""
+    return [p for p in SYSTEM_PACKAGES if debian_version(p) is None]
+
+
+def install_system_packages() -> None:
+    """Install the missing ``SYSTEM_PACKAGES`` with apt-get (as root, or through sudo); the user asks for
+    this explicitly (``diffcore data system-deps --install``), the builders never do it."""
+    missing = missing_system_packages()
+    if not missing:
+        return
+    prefix = [] if os.geteuid() == 0 else ["sudo"] if shutil.which("sudo") else None
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
+    if prefix is None or shutil.which("apt-get") is None:
+        raise MissingDependencyError(f"installing {', '.join(missing)} needs root and apt-get; as root run: "
+                                     f"apt-get update && {' '.join(install)}")
+    for cmd in (["apt-get", "update", "-q"], install):
+        print("+ " + " ".join(prefix + cmd), file=sys.stderr)
+        subprocess.run(prefix + cmd, check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
 # --- deterministic randomness and splits -------------------------------------------------------
 
 
@@ -191,6 +215,14 @@ def assign_split(key: object, fractions: Mapping[str, float], seed: int = 0) -> 
         if u < acc:
             return split
     return next(reversed(list(fractions)))
+
+
+def ensure_split(split_of: dict[str, str], split: str, *, source: str = "train", seed: int = 0) -> None:
+    """Move one key from ``source`` to ``split`` if ``split`` got none (tiny builds), chosen by a seeded hash."""
+    if split not in split_of.values():
+        pool = [k for k, s in split_of.items() if s == source]
+        if len(pool) > 1:
+            split_of[min(pool, key=lambda k: stable_unit("ensure", split, k, seed=seed))] = split
 
 
 # --- building -----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import importlib
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -133,12 +134,19 @@ def download_sdist(requirement: str, dest: Path) -> Path:
 
     Uses ``pip download --no-deps --no-binary :all:``, which fetches the archive without installing it.
     """
-    name = requirement.split("==")[0].replace("-", "_").lower()
-    version = requirement.split("==")[1] if "==" in requirement else ""
+    name, _, version = requirement.partition("==")
 
-    def found() -> list[Path]:
-        return sorted(p for p in dest.glob("*.tar.gz")
-                      if p.name.replace("-", "_").lower().startswith(f"{name}_{version}"))
+    def norm(text: str) -> str:
+        return re.sub(r"[-_.]+", "_", text).lower()  # PEP 503/625 name normalisation
+
+    def found() -> list[Path]:  # <name>-<version>.tar.gz or .zip, name and version matched exactly
+        out = []
+        for p in dest.glob("*"):
+            stem = p.name.removesuffix(".tar.gz").removesuffix(".zip")
+            n, _, v = stem.rpartition("-")
+            if stem != p.name and norm(n) == norm(name) and (not version or v == version):
+                out.append(p)
+        return sorted(out)
 
     if not found():
         dest.mkdir(parents=True, exist_ok=True)

@@ -142,3 +142,10 @@ def test_audio_helpers(tmp_path):
     sf.write(tmp_path / "st.wav", stereo, SR)
     mono, sr = read_audio(tmp_path / "st.wav")
     assert sr == SR and np.abs(mono).max() < 1e-4  # channels averaged
+
+
+def test_hub_name_offline_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(DataError, match="could not load the Hugging Face data set 'nobody/no-such-set'.*local path"):
+        AudioClips("hf:nobody/no-such-set", "train")

@@ -23,6 +23,7 @@ Needs the ``fluidsynth`` module (``pip install pyfluidsynth``), the FluidSynth l
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import math
 import os
@@ -222,6 +223,23 @@ def load_fluidsynth(soundfont: str = DEFAULT_SOUNDFONT) -> ModuleType:
     return fluidsynth
 
 
+def _write_float(fluidsynth: ModuleType, synth: object, frames: int) -> np.ndarray:
+    """``frames`` stereo float32 frames, shape (frames, 2). Float output, unlike pyfluidsynth's int16
+    ``get_samples``, has no dither: FluidSynth's dither noise comes from a process-wide table whose position
+    depends on everything rendered before, which made clips differ between processes."""
+    out = np.zeros((frames, 2), dtype=np.float32)
+    ptr = out.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    # fluid_synth_write_float(synth, len, lout, loff, lincr, rout, roff, rincr): interleave L and R into `out`
+    fn = fluidsynth._fl.fluid_synth_write_float
+    fp = ctypes.POINTER(ctypes.c_float)
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, fp, ctypes.c_int, ctypes.c_int, fp, ctypes.c_int, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    err = fn(synth.synth, frames, ptr, 0, 2, ptr, 1, 2)
+    if err != 0:
+        raise RuntimeError("fluid_synth_write_float failed")
+    return out
+
+
 def render_notes(spec: NoteSpec, sample_rate: int = 22050, seconds: float = 3.0,
                  soundfont: str = DEFAULT_SOUNDFONT) -> np.ndarray:
     """Render ``spec`` with FluidSynth to mono float32 of ``round(seconds * sample_rate)`` samples.
@@ -252,18 +270,17 @@ def render_notes(spec: NoteSpec, sample_rate: int = 22050, seconds: float = 3.0,
         chunks, position = [], 0
         for at, is_on in events:
             if at > position:
-                chunks.append(synth.get_samples(at - position))
+                chunks.append(_write_float(fluidsynth, synth, at - position))
                 position = at
             if is_on:
                 synth.noteon(0, spec.note, spec.velocity)
             else:
                 synth.noteoff(0, spec.note)
         if n > position:
-            chunks.append(synth.get_samples(n - position))
+            chunks.append(_write_float(fluidsynth, synth, n - position))
     finally:
         synth.delete()
-    stereo = np.concatenate(chunks).astype(np.float64).reshape(-1, 2)  # interleaved L, R int16
-    wave = stereo.mean(axis=1)[:n] / 32768.0
+    wave = np.concatenate(chunks).astype(np.float64).mean(axis=1)[:n]
     fade = round(END_FADE_S * sample_rate)
     wave[n - fade:] *= np.linspace(1.0, 0.0, fade)
     held = np.concatenate([wave[events[i][0]:events[i + 1][0]] for i in range(0, len(events), 2)])

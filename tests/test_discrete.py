@@ -389,3 +389,72 @@ def test_seeds_callback_and_edge_cases():
         sample_masked(den, all_masked(2, length), 4, LogLinearMasking(), MASK, method="greedy")
     with pytest.raises(ValueError):
         mask_tokens(full, 0.5, -1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Filling part of the sequence: regions, semi-autoregressive blocks, per-row network calls
+
+
+def test_region_fills_only_its_masks_and_exactly():
+    length, n = 6, 4000
+    pi = make_pi(length, seed=6)
+    region = torch.tensor([True, False, True, True, False, False])
+    z = sample_masked(factorized_logits_fn(pi), all_masked(n, length), 5, LogLinearMasking(), MASK, region=region,
+                      generator=torch.Generator().manual_seed(0))
+    assert torch.all(z[:, ~region] == MASK) and not torch.any(z[:, region] == MASK)
+    assert chi2_pvalue(z, pi, positions=[0, 2, 3]) > 1e-3
+
+
+@pytest.mark.parametrize("method", ["ancestral", "confidence"])
+def test_blocks_are_decoded_left_to_right(method):
+    from diffcore.discrete.samplers import sample_masked_blocks
+
+    length, n, block = 7, 64, 3  # blocks [0, 3), [3, 6), [6, 7)
+    pi = make_pi(length)
+    z_T = all_masked(n, length)
+    z_T[:, :3] = 1  # a prompt filling the first block: it is skipped and gets no steps
+    seen = []
+
+    def record(info):
+        z, j = info["z"], info["block"]
+        a = 3 + 3 * j
+        seen.append((j, info["nfe"]))
+        assert not torch.any(z[:, :a] == MASK)  # earlier blocks (and the prompt) are done
+        assert torch.all(z[:, a + 3:] == MASK)  # later blocks are still masks
+
+    z, st = sample_masked_blocks(factorized_logits_fn(pi), z_T, 5, LogLinearMasking(), MASK, block_size=block,
+                                 method=method, callback=record, return_stats=True,
+                                 generator=torch.Generator().manual_seed(0))
+    assert [j for j, _ in seen] == [0, 0, 0, 1, 1]  # 5 steps over 2 blocks: 3 + 2
+    assert torch.all(z[:, :3] == 1) and not torch.any(z == MASK) and st.steps == 5
+    with pytest.raises(ValueError, match="at least one step per block"):
+        sample_masked_blocks(factorized_logits_fn(pi), z_T, 1, LogLinearMasking(), MASK, block_size=block)
+
+
+def test_blocks_sample_a_factorised_distribution_exactly():
+    from diffcore.discrete.samplers import sample_masked_blocks
+
+    length, n = 6, 4000
+    pi = make_pi(length, seed=8)
+    z = sample_masked_blocks(factorized_logits_fn(pi), all_masked(n, length), 6, CosineMasking(), MASK, block_size=4,
+                             generator=torch.Generator().manual_seed(0))
+    assert chi2_pvalue(z, pi) > 1e-3
+
+
+def test_network_sees_only_the_rows_that_need_it():
+    length = 6
+    pi = make_pi(length)
+    den = factorized_logits_fn(pi)
+    batches = []
+
+    def fn(z, t):
+        batches.append(z.shape[0])
+        return den(z, t)
+
+    z_T = all_masked(3, length)
+    z_T[1] = sample_factorized(pi, 1)[0]  # row 1 is complete: it is never passed to the network
+    z, st = sample_masked(fn, z_T, 40, LogLinearMasking(), MASK, return_stats=True,
+                          generator=torch.Generator().manual_seed(0))
+    assert torch.equal(z[1], z_T[1]) and not torch.any(z == MASK)
+    assert batches[0] == 2 and max(batches) == 2 and st.row_evals == sum(batches) and st.nfe == len(batches)
+    assert st.row_evals <= 2 * length  # a row is re-evaluated only after one of its tokens was revealed

@@ -24,8 +24,14 @@ confident tokens, so unlike ancestral sampling it is biased towards the modes of
 
 Caching (MDLM's efficient sampler): a network that is not conditioned on t gives the same logits
 for the same z_t, so when a step reveals nothing the previous logits are reused; that changes
-the number of network evaluations, never the samples. Steps that start with no masks left make
-no network call at all.
+the number of network evaluations, never the samples. The reuse is per row: a step passes through
+the network only the sequences that changed since their last evaluation and still have masks to
+fill, and steps where no row needs it make no network call at all.
+
+Semi-autoregressive decoding (MDLM's strides, LLaDA's blocks): ``sample_masked_blocks`` fills the
+sequence block by block from left to right, each block with its share of the steps, while masks in
+later blocks stay masked (the network sees them as not yet generated); ``sample_masked(region=...)``
+is the building block that restricts filling to some positions.
 """
 
 from __future__ import annotations
@@ -51,11 +57,13 @@ _CHUNK_ELEMENTS = 1 << 24  # rows per Gumbel draw are capped so that rows * V <=
 class SamplingStats:
     """What a call to ``sample_masked(..., return_stats=True)`` cost.
 
-    nfe: network (``logits_fn``) evaluations; steps: steps of the grid that were walked.
+    nfe: network (``logits_fn``) calls; steps: steps of the grid that were walked; row_evals:
+    sequences passed through the network in all calls (a call may carry only the rows that need it).
     """
 
     nfe: int
     steps: int
+    row_evals: int = 0
 
 
 def filter_logits(logits: Tensor, *, temperature: float = 1.0, top_k: int | None = None,
@@ -107,9 +115,10 @@ def sample_categorical(logits: Tensor, generator: torch.Generator | None = None)
     return torch.cat(out).reshape(logits.shape[:-1])
 
 
-def _draw_tokens(logp: Tensor, temperature: float, top_k: int | None, top_p: float | None,
-                 generator: torch.Generator | None) -> Tensor:
-    """Sample x0 tokens from SUBS log-probs (N, V) with the decoding controls applied."""
+def draw_tokens(logp: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+    """One token per row of logits or log-probs (..., V) with the decoding controls applied
+    (``filter_logits``); temperature 0 is greedy (argmax), otherwise a float64 Gumbel-max draw."""
     if temperature == 0:
         return torch.argmax(filter_logits(logp, top_k=top_k, top_p=top_p), dim=-1)
     return sample_categorical(filter_logits(logp, temperature=temperature, top_k=top_k, top_p=top_p),
@@ -120,7 +129,7 @@ def sample_masked(logits_fn: LogitsFn, z_T: Tensor, ts: int | Tensor | Sequence[
                   schedule: MaskingSchedule, mask_id: int, *, generator: torch.Generator | None = None,
                   callback: Callable[[dict[str, Any]], None] | None = None, method: Method = "ancestral",
                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                  cache: bool = True, time_conditioned: bool = False,
+                  cache: bool = True, time_conditioned: bool = False, region: Tensor | None = None,
                   return_stats: bool = False) -> Tensor | tuple[Tensor, SamplingStats]:
     """Fill the masks of ``z_T`` by walking the grid ``ts`` backwards with a masked-diffusion model.
 
@@ -133,8 +142,11 @@ def sample_masked(logits_fn: LogitsFn, z_T: Tensor, ts: int | Tensor | Sequence[
         method: "ancestral" (exact reverse process) or "confidence" (LLaDA low-confidence remasking).
         temperature, top_k, top_p: applied to the x0 logits before sampling (``filter_logits``);
             temperature 0 means greedy (argmax).
-        cache: reuse the last logits when the previous step revealed nothing (only if
-            ``time_conditioned`` is False: the network must not depend on t).
+        cache: reuse a row's last logits while that row is unchanged (only if ``time_conditioned`` is
+            False: the network must not depend on t). Rows are independent: ``logits_fn`` may be
+            called with a subset of the rows (and times) of z_T.
+        region: optional bool (B, L) or (L,): only masks inside it are filled; masks outside stay
+            masked (still visible to the network as masks). None fills every mask.
         callback: called after every step with a dict: i (step index), t, s (the step's start and
             end time), z (tokens after the step; not modified later), n_masked (remaining masks),
             nfe (network evaluations so far).
@@ -153,43 +165,99 @@ def sample_masked(logits_fn: LogitsFn, z_T: Tensor, ts: int | Tensor | Sequence[
     alphas = schedule.alpha(grid).tolist()
     z = z_T.clone()
     b, device = z.shape[0], z.device
-    n_start = (z == mask_id).sum(1)  # per-row masks at the start (confidence's count budget)
-    logp: Tensor | None = None  # SUBS log-probs of the last network call, reused while z is unchanged
-    changed, nfe = True, 0
+    if region is not None:
+        region = region.to(device=device, dtype=torch.bool).expand_as(z)
+    n_start = _fillable(z, mask_id, region).sum(1)  # per-row masks at the start (confidence's count budget)
+    logp: Tensor | None = None  # SUBS log-probs (B, L, V) of each row's last network call
+    stale = torch.ones(b, dtype=torch.bool, device=device)  # rows changed since their last network call
+    nfe = row_evals = 0
 
     for i in range(len(grid) - 1):
         t, s = float(grid[i]), float(grid[i + 1])
-        masked = z == mask_id
-        if bool(masked.any()):
-            if logp is None or changed or not cache or time_conditioned:
-                logits = logits_fn(z, torch.full((b,), t, dtype=torch.float32, device=device))
-                nfe += 1
-                if logits.shape[:2] != z.shape:
-                    raise ValueError(f"logits_fn returned {tuple(logits.shape)} for tokens {tuple(z.shape)}")
+        masked = _fillable(z, mask_id, region)
+        busy = masked.any(1)
+        if bool(busy.any()):
+            need = busy if (logp is None or not cache or time_conditioned) else busy & stale
+            if bool(need.any()):
+                rows = None if bool(need.all()) else need.nonzero().squeeze(1)
+                z_in = z if rows is None else z[rows]
+                logits = logits_fn(z_in, torch.full((z_in.shape[0],), t, dtype=torch.float32, device=device))
+                nfe, row_evals = nfe + 1, row_evals + z_in.shape[0]
+                if logits.shape[:2] != z_in.shape:
+                    raise ValueError(f"logits_fn returned {tuple(logits.shape)} for tokens {tuple(z_in.shape)}")
                 check_mask_id(mask_id, logits.shape[-1])
-                if nfe == 1 and bool(((z < 0) | (z >= logits.shape[-1])).any()):
+                if nfe == 1 and bool(((z_in < 0) | (z_in >= logits.shape[-1])).any()):
                     raise ValueError(f"z_T holds tokens outside the vocabulary of size {logits.shape[-1]}")
-                logp = subs_log_probs(logits, z, mask_id)
+                new_logp = subs_log_probs(logits, z_in, mask_id)
+                if rows is None:
+                    logp = new_logp
+                else:
+                    if logp is None:
+                        logp = new_logp.new_zeros((b, *new_logp.shape[1:]))
+                    logp[rows] = new_logp
+                stale = stale & ~need
             # Reveal probability (alpha_s - alpha_t) / (1 - alpha_t); exactly 1 on the last step.
             last = i == len(grid) - 2
             p = 1.0 if last else (alphas[i + 1] - alphas[i]) / max(1.0 - alphas[i], 1e-300)
             if method == "ancestral":
                 u = torch.rand(z.shape, generator=generator, dtype=torch.float64, device=device)
                 reveal = masked & (u < p)
-                tokens = _draw_tokens(logp[reveal], temperature, top_k, top_p, generator)
+                tokens = draw_tokens(logp[reveal], temperature, top_k, top_p, generator)
                 z_new = z.clone()
                 z_new[reveal] = tokens.to(z.dtype)
             else:
                 z_new = _confidence_step(z, masked, logp, n_start, alphas, i, last, mask_id, temperature,
                                          top_k, top_p, generator)
-            changed = bool((z_new != z).any())
+            stale = stale | (z_new != z).any(1)
             z = z_new
-        else:
-            changed = False
         if callback is not None:
             callback({"i": i, "t": t, "s": s, "z": z, "n_masked": int((z == mask_id).sum()), "nfe": nfe})
 
-    stats = SamplingStats(nfe=nfe, steps=len(grid) - 1)
+    stats = SamplingStats(nfe=nfe, steps=len(grid) - 1, row_evals=row_evals)
+    return (z, stats) if return_stats else z
+
+
+def _fillable(z: Tensor, mask_id: int, region: Tensor | None) -> Tensor:
+    """Masks that the current call may fill (B, L)."""
+    masked = z == mask_id
+    return masked if region is None else masked & region
+
+
+def sample_masked_blocks(logits_fn: LogitsFn, z_T: Tensor, steps: int, schedule: MaskingSchedule, mask_id: int,
+                         *, block_size: int, callback: Callable[[dict[str, Any]], None] | None = None,
+                         return_stats: bool = False, **kwargs: Any) -> Tensor | tuple[Tensor, SamplingStats]:
+    """Semi-autoregressive decoding: fill ``z_T`` block by block, left to right (LLaDA; MDLM's strides).
+
+    The positions are cut into consecutive blocks of ``block_size``; blocks holding no mask (a
+    prompt, say) are skipped and the ``steps`` are shared as evenly as possible among the others
+    (earlier blocks get the remainder). Each block is filled by ``sample_masked`` on a uniform grid
+    with ``region`` set to the block, so later blocks are still masks while it is decoded; earlier
+    blocks are then context. Other keyword arguments (method, temperature, top_k, top_p, cache,
+    generator, ...) are passed to ``sample_masked``; the callback's dict gains ``block``.
+
+    Args:
+        steps: total number of steps over all blocks, at least the number of blocks to fill.
+        block_size: positions per block (the last block may be shorter).
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    if z_T.ndim != 2:
+        raise ValueError(f"z_T must be (batch, length) tokens, got shape {tuple(z_T.shape)}")
+    length = z_T.shape[1]
+    starts = [a for a in range(0, length, block_size) if bool((z_T[:, a:a + block_size] == mask_id).any())]
+    if steps < max(1, len(starts)):
+        raise ValueError(f"{steps} steps cannot fill {len(starts)} blocks of {block_size} tokens; give at least "
+                         "one step per block")
+    z, nfe, row_evals = z_T.clone(), 0, 0
+    for j, a in enumerate(starts):
+        n_steps = steps // len(starts) + (1 if j < steps % len(starts) else 0)
+        region = torch.zeros(length, dtype=torch.bool, device=z.device)
+        region[a:a + block_size] = True
+        cb = None if callback is None else (lambda info, j=j: callback({**info, "block": j}))
+        z, st = sample_masked(logits_fn, z, n_steps, schedule, mask_id, region=region, callback=cb,
+                              return_stats=True, **kwargs)
+        nfe, row_evals = nfe + st.nfe, row_evals + st.row_evals
+    stats = SamplingStats(nfe=nfe, steps=steps if starts else 0, row_evals=row_evals)
     return (z, stats) if return_stats else z
 
 
@@ -211,7 +279,7 @@ def _confidence_step(z: Tensor, masked: Tensor, logp: Tensor, n_start: Tensor, a
         remain = torch.floor(n_start.to(torch.float64) * frac + 0.5).long()
     k = (n_masked - remain).clamp(min=0)
     tokens = torch.full_like(z, mask_id)
-    tokens[masked] = _draw_tokens(logp[masked], temperature, top_k, top_p, generator).to(z.dtype)
+    tokens[masked] = draw_tokens(logp[masked], temperature, top_k, top_p, generator).to(z.dtype)
     # Confidence: the model's (SUBS) probability of the sampled token, as in LLaDA.
     conf = logp.gather(-1, tokens.clamp(0, logp.shape[-1] - 1).long().unsqueeze(-1)).squeeze(-1)
     conf = torch.where(masked, conf.to(torch.float64), torch.full_like(conf, -torch.inf, dtype=torch.float64))

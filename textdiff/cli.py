@@ -1,0 +1,262 @@
+"""The ``textdiff`` command line.
+
+Training (LightningCLI; recipes in ``recipes/textdiff``; the AR twin has its own recipe):
+
+    textdiff fit -c recipes/_base/trainer.yaml -c recipes/textdiff/tiny.yaml     # built-in text set
+    textdiff fit -c recipes/_base/trainer.yaml -c recipes/textdiff/tiny_ar.yaml --data.data_dir DATA
+    textdiff fit -c recipes/_base/trainer.yaml -c recipes/textdiff/tiny.yaml \\
+        --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt          # resume
+    textdiff validate|test -c ... --ckpt_path CKPT
+
+Export a checkpoint (EMA weights) with its data set's tokenizer to a ``from_pretrained`` folder:
+
+    textdiff export CKPT OUT_DIR [--tokenizer DIR] [--raw-weights]
+
+Generate (``--model`` defaults to $TEXTDIFF_MODEL; ``--length`` counts the prompt; the text stops at
+the first end-of-text token):
+
+    textdiff sample --model DIR --steps 64 --length 128 --prompt "To be, or not" [--n 4] [--seed 0]
+        [--method ancestral|confidence] [--block-size 32] [--temperature 1] [--top-k K] [--top-p P]
+    textdiff infill --model DIR "The [MASK:20] of Denmark" [--steps 20] [--seed 0]
+
+Infilling templates: ``[MASK:N]`` is a slot of N >= 1 generated tokens; everything else is kept.
+
+Evaluate the bound against the AR twin on the same test windows, and sample quality per step count:
+
+    textdiff evaluate --model DIR --ar AR_DIR [--data DATA] [--split test] [--max-windows 256] [--n-t 4]
+        [--samples 16 --steps 8,32,128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
+
+
+def build_cli(args: Sequence[str] | None = None, run: bool = True):
+    """The LightningCLI over ``TextModule`` subclasses and ``TokenDataModule`` (testable with run=False)."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from .datamodule import TokenDataModule
+    from .modules import TextModule
+
+    return LightningCLI(TextModule, TokenDataModule, subclass_mode_model=True, args=args, run=run,
+                        save_config_kwargs={"overwrite": True})
+
+
+def _device(name: str | None) -> str:
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _seed(seed: int | None) -> int:
+    return int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else seed
+
+
+def _print_texts(texts: list[str], as_json: bool, seed: int, given: bool) -> None:
+    if not given:
+        print(f"seed: {seed} (pass --seed {seed} to repeat)", file=sys.stderr)
+    if as_json:
+        print(json.dumps(texts, ensure_ascii=False, indent=2))
+        return
+    for i, text in enumerate(texts):
+        if len(texts) > 1:
+            print(f"=== sample {i} ===")
+        print(text)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from .sampling import TextGenerator
+
+    gen = TextGenerator.from_pretrained(args.model, device=_device(args.device))
+    seed = _seed(args.seed)
+    texts = gen.sample(args.n, length=args.length, steps=args.steps, prompt=args.prompt, method=args.method,
+                       block_size=args.block_size, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                       seed=seed, stop_at_eot=not args.no_stop)
+    _print_texts(texts, args.json, seed, args.seed is not None)
+    return 0
+
+
+def _infill(args: argparse.Namespace) -> int:
+    from .sampling import TextGenerator
+
+    gen = TextGenerator.from_pretrained(args.model, device=_device(args.device))
+    seed = _seed(args.seed)
+    texts = gen.infill(args.template, args.n, steps=args.steps, method=args.method, temperature=args.temperature,
+                       top_k=args.top_k, top_p=args.top_p, seed=seed, stop_at_eot=not args.no_stop)
+    _print_texts(texts, args.json, seed, args.seed is not None)
+    return 0
+
+
+def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer_dir: str | Path | None = None,
+                      raw_weights: bool = False, tokenizer: Any = None) -> Path:
+    """Turn a training checkpoint into a ``TextGenerator.from_pretrained`` folder.
+
+    The net is rebuilt from the config the module stored in the checkpoint and loaded with the EMA
+    weights (the raw training weights with ``raw_weights``). The tokenizer comes from
+    ``tokenizer_dir``, else from ``<data_dir>/tokenizer`` of the run's data module (or its built-in
+    set). Checkpoints are pickles: export only ones you trained (exported folders are JSON +
+    safetensors only).
+    """
+    from diffcore.discrete import masking_from_config
+
+    from .model import TransformerNet
+    from .modules import CHECKPOINT_KEY
+    from .sampling import TextGenerator, load_tokenizer
+
+    path = Path(ckpt).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    info = state.get(CHECKPOINT_KEY)
+    if info is None:
+        raise ValueError(f"{path} was not written by a textdiff module (no {CHECKPOINT_KEY!r} entry)")
+    net = TransformerNet(**info["net_config"])
+    own = net.state_dict()
+    if "ema" in state and not raw_weights:
+        weights = {**state["ema"]["params"], **state["ema"]["buffers"]}
+    else:
+        weights = {k[len("net."):]: v for k, v in state["state_dict"].items() if k.startswith("net.")}
+    net.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=True)
+    if tokenizer is None:
+        if tokenizer_dir is None:
+            hp = state.get("datamodule_hyper_parameters", {})
+            if hp.get("data_dir"):
+                tokenizer_dir = Path(hp["data_dir"]).expanduser() / "tokenizer"
+            elif hp.get("text_size"):
+                from diffcore.data import dataset_dir
+
+                tokenizer_dir = dataset_dir("text", hp["text_size"]) / "tokenizer"
+            else:
+                raise ValueError("the checkpoint does not name its data directory; pass --tokenizer DIR")
+        tokenizer = load_tokenizer(tokenizer_dir)
+    schedule = masking_from_config(info["schedule"]) if info.get("schedule") else None
+    return TextGenerator(net, tokenizer, info["kind"], schedule, device="cpu").save_pretrained(out)
+
+
+def _export(args: argparse.Namespace) -> int:
+    out = export_checkpoint(args.checkpoint, args.out, args.tokenizer, args.raw_weights)
+    print(f"wrote {out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from . import evaluate as ev
+    from .datamodule import TokenDataModule
+    from .sampling import TextGenerator
+
+    device = _device(args.device)
+    diff = TextGenerator.from_pretrained(args.model, device=device)
+    ar = TextGenerator.from_pretrained(args.ar, device=device)
+    if diff.kind != "diffusion" or ar.kind != "ar":
+        raise ValueError("--model must be a masked diffusion model and --ar its autoregressive twin")
+    dm = TokenDataModule(args.data, seq_len=diff.net.max_len, batch_size=args.batch_size,
+                         max_eval_windows=args.max_windows, vocab_size=diff.net.vocab_size)
+    windows = [b for b in dm._loader(dm.eval_dataset(args.split), args.batch_size)]
+    res = ev.compare_perplexity(diff.net, ar.net, windows, diff.schedule, n_t=args.n_t, seed=args.seed)
+    d, a = res["diffusion"], res["ar"]
+    print(f"{args.split}: {d['tokens']} tokens in windows of {diff.net.max_len}")
+    print(f"  masked diffusion  NELBO <= {d['nll']:.4f} nats/token (MC s.e. {d['se']:.4f}), "
+          f"perplexity <= {d['ppl']:.2f}")
+    print(f"  AR twin           NLL    = {a['nll']:.4f} nats/token, perplexity = {a['ppl']:.2f}")
+    print(f"  gap: the diffusion bound is {res['gap_percent']:+.1f}% above the AR perplexity")
+    out: dict[str, Any] = {"perplexity": res}
+    if args.samples:
+        steps = [int(s) for s in args.steps.split(",")]
+        rows = ev.sample_quality(diff, ar, steps, n=args.samples, seed=args.seed)
+        ref = ev.reference_quality(ar.net, torch.cat(windows)[: args.samples])
+        rows.append({"sampler": "real text", **ref})
+        print(ev.format_table(rows, ["sampler", "steps", "gen_ppl", "entropy", "nfe", "tokens_per_s"]))
+        out["samples"] = rows
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="textdiff", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in LIGHTNING_COMMANDS:
+        sub.add_parser(name, help=f"LightningCLI {name} (textdiff {name} --help for its options)", add_help=False)
+
+    def generation_options(p: argparse.ArgumentParser) -> None:
+        default = os.environ.get("TEXTDIFF_MODEL")
+        p.add_argument("--model", required=default is None, default=default,
+                       help="a folder written by save_pretrained / textdiff export (default: $TEXTDIFF_MODEL)")
+        p.add_argument("--n", type=int, default=1, help="number of samples (default 1)")
+        p.add_argument("--steps", type=int, default=None,
+                       help="denoising steps (default: one per generated token; the AR twin ignores it)")
+        p.add_argument("--method", choices=["ancestral", "confidence"], default="ancestral",
+                       help="ancestral (MDLM) or confidence-ordered unmasking (LLaDA low-confidence remasking)")
+        p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+        p.add_argument("--top-k", type=int, default=None)
+        p.add_argument("--top-p", type=float, default=None)
+        p.add_argument("--seed", type=int, default=None, help="random seed (printed when not given)")
+        p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+        p.add_argument("--no-stop", action="store_true", help="keep the text after the first end-of-text token")
+        p.add_argument("--json", action="store_true", help="print the samples as a JSON list")
+
+    p = sub.add_parser("sample", help="generate text, optionally continuing a prompt")
+    generation_options(p)
+    p.add_argument("--length", type=int, default=None,
+                   help="tokens per sample, prompt included (default: the training length)")
+    p.add_argument("--prompt", default=None, help="text the samples start with")
+    p.add_argument("--block-size", type=int, default=None, help="semi-autoregressive blocks of this many tokens")
+    p.set_defaults(func=_sample)
+
+    p = sub.add_parser("infill", help="fill the [MASK:N] slots of a template")
+    p.add_argument("template", help='text with slots, e.g. "The [MASK:20] of Denmark"')
+    generation_options(p)
+    p.set_defaults(func=_infill)
+
+    p = sub.add_parser("export", help="checkpoint -> from_pretrained folder (with the tokenizer)")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: <data_dir>/tokenizer of the run)")
+    p.add_argument("--raw-weights", action="store_true", help="export the raw training weights, not the EMA")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("evaluate", help="NELBO bound vs the AR twin's perplexity; sample quality per step count")
+    p.add_argument("--model", required=True, help="the masked diffusion model folder")
+    p.add_argument("--ar", required=True, help="the AR twin's folder")
+    p.add_argument("--data", default=None,
+                   help="data directory with <split>.bin (default: the built-in text set of size small)")
+    p.add_argument("--split", default="test", choices=["validation", "test"])
+    p.add_argument("--max-windows", type=int, default=None, help="evaluate on at most this many windows")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--n-t", type=int, default=4, help="draws of (t, masks) per window for the bound")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=0, help="also draw this many samples per step count")
+    p.add_argument("--steps", default="8,32,128", help="comma-separated step counts for --samples")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.set_defaults(func=_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        build_cli(args=argv)
+        return 0
+    from diffcore.data import MissingDependencyError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, MissingDependencyError) as e:
+        print(f"textdiff {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

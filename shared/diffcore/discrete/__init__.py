@@ -11,7 +11,7 @@ probability that a token is still unmasked at time t.
 
 from .losses import masked_nelbo
 from .process import check_mask_id, mask_tokens, subs_log_probs
-from .samplers import SamplingStats, filter_logits, sample_categorical, sample_masked
+from .samplers import SamplingStats, draw_tokens, filter_logits, sample_categorical, sample_masked, sample_masked_blocks
 from .schedules import (
     CosineMasking,
     LinearMasking,
@@ -24,6 +24,8 @@ from .schedules import (
 from .testing import factorized_entropy, factorized_logits_fn, sample_factorized
 
 __all__ = [
+    "draw_tokens",
+    "sample_masked_blocks",
     "MaskingSchedule", "LogLinearMasking", "LinearMasking", "CosineMasking", "PolynomialMasking",
     "LinearNoiseMasking", "masking_from_config",
     "mask_tokens", "subs_log_probs", "check_mask_id",

@@ -13,6 +13,12 @@ Vocoder::
     audiodiff vocode MODEL_DIR mel.npy -o out.wav [--steps 6 | --betas ...] [--seed 0]
     audiodiff vocode MODEL_DIR speech.wav -o copy.wav      # copy-synthesis: analyse, then resynthesise
     audiodiff evaluate MODEL_DIR --data DATA --split test --steps 6 25 50 1000 --out runs/eval
+
+Text-to-sound (``audiodiff.t2s``)::
+
+    audiodiff t2s-fit -c recipes/_base/trainer.yaml -c recipes/t2s/vae_tiny.yaml   # then ldm_tiny.yaml
+    audiodiff generate "three short high beeps, fading out" -o out.wav --model PIPELINE_DIR
+    audiodiff t2s-evaluate PIPELINE_DIR --data DATA --out runs/t2s-eval
 """
 
 from __future__ import annotations
@@ -262,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     p.set_defaults(func=_evaluate)
+
+    from .t2s import cli as t2s_cli  # text-to-sound: generate, t2s-fit, t2s-export, t2s-evaluate
+
+    t2s_cli.register(sub)
     return parser
 
 
@@ -270,6 +280,10 @@ def main(argv: Sequence[str | os.PathLike] | None = None) -> int:
     if argv and argv[0] in LIGHTNING_COMMANDS:
         lightning_cli(argv, run=True)
         return 0
+    from .t2s import cli as t2s_cli
+
+    if argv and argv[0] in t2s_cli.PASSTHROUGH:  # LightningCLI takes the arguments as they are
+        return t2s_cli.PASSTHROUGH[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -98,7 +98,7 @@ class PretrainedMixin:
             _fsync(tmp / WEIGHTS_FILE)
 
         target = Path(directory).expanduser()
-        _atomic_write_dir(target, write)
+        atomic_write_dir(target, write)
         return target
 
     @classmethod
@@ -306,7 +306,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write_dir(target: Path, write: Callable[[Path], None]) -> None:
+def atomic_write_dir(target: Path, write: Callable[[Path], None]) -> None:
     """Run ``write(tmp)`` on a fresh sibling directory, then swap it in for ``target``."""
     if target.exists():
         if not target.is_dir():

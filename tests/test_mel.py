@@ -8,20 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from audiodiff import testing
 from audiodiff.mel import MelConfig, MelConfigMismatchError, MelSpectrogram, griffin_lim, mel_image, write_png
 
 SR = 22050
 
 
 def speechlike(seconds: float = 1.0, f0: float = 120.0, seed: int = 0) -> torch.Tensor:
-    """A voiced, syllable-modulated harmonic signal with a formant-like spectral envelope."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SR)) / SR
-    pitch = f0 * (1 + 0.2 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6)))
-    phase = 2 * np.pi * np.cumsum(pitch) / SR
-    x = sum(np.sin(k * phase) * np.exp(-(((k * pitch) - 700) / 500) ** 2 - 0.05 * k) for k in range(1, 40))
-    x = x * np.clip(np.sin(2 * np.pi * 2.5 * t), 0, None) ** 0.5
-    return torch.from_numpy((0.3 * x / np.abs(x).max()).astype(np.float32))
+    return torch.from_numpy(testing.speechlike(seconds, f0, seed))
 
 
 def test_config_round_trip_and_mismatch_names_the_numbers():

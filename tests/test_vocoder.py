@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
+from audiodiff import testing
 from audiodiff.mel import MelConfig, MelConfigMismatchError
 from audiodiff.metrics import PESQ_MAX, log_mel_distance, mr_stft_distance, pesq_wb, stoi_score
 from audiodiff.vocoder import Vocoder, WaveGradNet, sample_noise_level
@@ -20,13 +20,7 @@ SR = 22050
 
 
 def speechlike(seconds: float = 1.0, f0: float = 120.0, seed: int = 0) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SR)) / SR
-    pitch = f0 * (1 + 0.2 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6)))
-    phase = 2 * np.pi * np.cumsum(pitch) / SR
-    x = sum(np.sin(k * phase) * np.exp(-(((k * pitch) - 700) / 500) ** 2 - 0.05 * k) for k in range(1, 40))
-    x = x * np.clip(np.sin(2 * np.pi * 2.5 * t), 0, None) ** 0.5
-    return torch.from_numpy((0.3 * x / np.abs(x).max()).astype(np.float32))
+    return torch.from_numpy(testing.speechlike(seconds, f0, seed))
 
 
 def tiny_net(seed: int = 0, film_std: float = 0.3, **kw) -> WaveGradNet:

@@ -14,6 +14,7 @@ import soundfile as sf
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from audiodiff import testing
 from audiodiff.cli import lightning_cli, main
 from audiodiff.mel import MelConfig
 from audiodiff.vocoder import Vocoder, VocoderModule
@@ -29,14 +30,7 @@ STEPS = 70
 
 
 def speechlike(seconds: float, f0: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SR)) / SR
-    pitch = f0 * (1 + 0.2 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6)))
-    phase = 2 * np.pi * np.cumsum(pitch) / SR
-    x = sum(np.sin(k * phase) * np.exp(-(((k * pitch) - 700) / 500) ** 2 - 0.05 * k) for k in range(1, 40))
-    x = x * np.clip(np.sin(2 * np.pi * 2.5 * t + 0.3), 0, None) ** 0.5
-    x = 0.3 * x / np.abs(x).max() + 3e-3 * rng.standard_normal(len(t))  # a recording's noise floor
-    return x.astype(np.float32)
+    return testing.speechlike(seconds, f0, seed, phase=0.3, noise=3e-3)
 
 
 def write_audiofolder(root: Path) -> Path:

@@ -27,6 +27,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from diffcore.cli import positive_int
+
 LIGHTNING = ("fit", "validate", "test", "predict")
 
 
@@ -161,13 +163,6 @@ def _evaluate(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def register(subparsers: Any) -> None:
     """Add ``generate``, ``t2s-fit``, ``t2s-export`` and ``t2s-evaluate`` to an argparse subparsers object."""
     p = subparsers.add_parser("generate", help="caption(s) -> WAV with a text-to-sound pipeline")
@@ -175,7 +170,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--output", required=True, help="output WAV (several captions: out_0.wav, out_1.wav, ...)")
     p.add_argument("--model", default=None, help="pipeline directory (default: $AUDIODIFF_T2S_MODEL)")
     p.add_argument("--seconds", type=float, default=4.0, help="clip length (default 4; with --continue: total)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps (default: the pipeline's)")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the pipeline's)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1: none)")
     p.add_argument("--negative", default=None, help="negative prompt (what to steer away from)")
     p.add_argument("--seed", type=int, default=0, help="seed; caption i uses seed + i (default 0)")
@@ -189,7 +184,7 @@ def register(subparsers: Any) -> None:
                    help="continue the input clip to --seconds")
     p.add_argument("--mel-out", default=None, help="also save the mel (.npy)")
     p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.set_defaults(func=_generate)
 
     p = subparsers.add_parser("t2s-fit", help="LightningCLI for the t2s recipes (vae / ldm); args as `fit`",
@@ -201,9 +196,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("checkpoint", help="a .ckpt of a VAEModule or a LatentDiffusionModule")
     p.add_argument("out", help="directory to write")
     p.add_argument("--data", default=None, help="VAE: data for the latent statistics (default: the training data)")
-    p.add_argument("--batches", type=_positive_int, default=16, help="VAE: batches for the statistics")
+    p.add_argument("--batches", type=positive_int, default=16, help="VAE: batches for the statistics")
     p.add_argument("--vocoder", default=None, help="LDM: vocoder directory to include (default: Griffin-Lim)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="LDM: default sampler steps")
+    p.add_argument("--steps", type=positive_int, default=None, help="LDM: default sampler steps")
     p.add_argument("--guidance", type=float, default=None, help="LDM: default guidance scale")
     p.add_argument("--sampler", default=None, help="LDM: default sampler")
     p.add_argument("--raw-weights", action="store_true", help="export the raw weights instead of the EMA ones")
@@ -214,21 +209,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data", required=True, help="the sounds set (built-in name or folder)")
     p.add_argument("--out", default="runs/t2s-eval", help="folder for eval.json and the generated clips")
     p.add_argument("--classifier", default=None, help="in-domain classifier dir (trained there if missing)")
-    p.add_argument("--classifier-epochs", type=_positive_int, default=8)
-    p.add_argument("--n", type=_positive_int, default=48, help="held-out captions to generate for")
+    p.add_argument("--classifier-epochs", type=positive_int, default=8)
+    p.add_argument("--n", type=positive_int, default=48, help="held-out captions to generate for")
     p.add_argument("--kinds", nargs="+", default=["procedural", "midi"])
-    p.add_argument("--steps", type=_positive_int, default=None)
+    p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--seconds", type=float, default=3.0, help="clip length (the sounds set's clips are 3 s)")
     p.add_argument("--sweep", action="store_true", help="also sweep the guidance scale and the step count")
     p.add_argument("--sweep-scales", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0, 7.0])
-    p.add_argument("--sweep-steps", type=_positive_int, nargs="+", default=[10, 25, 50, 100, 200])
+    p.add_argument("--sweep-steps", type=positive_int, nargs="+", default=[10, 25, 50, 100, 200])
     p.add_argument("--save-best", action="store_true",
                    help="store the sweep's best guidance scale as the pipeline's default")
     p.add_argument("--vocoder", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(func=_evaluate)
 
 

@@ -111,7 +111,8 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (shared by the project's command lines)."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
@@ -138,11 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run every sampler on a Gaussian-mixture toy with its exact denoiser",
                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    demo.add_argument("--n", type=_positive_int, default=20_000, help="samples per sampler (default 20000)")
+    demo.add_argument("--n", type=positive_int, default=20_000, help="samples per sampler (default 20000)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--out", default="runs/demo", help="output folder for demo.json / demo.csv")
     demo.add_argument("--dim", type=int, choices=(1, 2), default=1, help="data dimension (default 1)")
-    demo.add_argument("--threads", type=_positive_int, default=1,
+    demo.add_argument("--threads", type=positive_int, default=1,
                       help="torch intra-op threads (default 1: the toy's tensors are too small to gain)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)

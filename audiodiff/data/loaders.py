@@ -20,6 +20,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,8 @@ class AudioClips(Dataset):
 
     def __init__(self, source: str | os.PathLike, split: str = "train", *, sample_rate: int = SAMPLE_RATE,
                  text_column: str | None = None, resample: bool = False, skip_bad: bool = False):
-        self.sample_rate, self.resample, self.skip_bad = sample_rate, resample, skip_bad
+        self.sample_rate, self.skip_bad = sample_rate, skip_bad
+        self._rate = _Rate(sample_rate, resample)
         self.skipped: list[tuple[str, str]] = []
         kind, where = resolve_source(source)
         if kind == "folder":
@@ -122,14 +124,8 @@ class AudioClips(Dataset):
                             "skip_bad=True") from e
         if info.frames == 0:
             raise DataError(f"audio file {path} is empty (0 samples); remove it or pass skip_bad=True")
-        self._check_rate(int(info.samplerate), str(path))
+        self._rate.check(int(info.samplerate), str(path))
         return int(info.samplerate)
-
-    def _check_rate(self, sr: int, where: str) -> None:
-        if sr != self.sample_rate and not self.resample:
-            raise DataError(f"{where} has sample rate {sr} Hz but {self.sample_rate} Hz is expected; pass "
-                            f"resample=True to resample on loading, or convert the files first (e.g. "
-                            f"`sox in.wav -r {self.sample_rate} out.wav`)")
 
     def _init_hf(self, kind: str, where: Any, split: str, text_column: str | None) -> None:
         ds = _load_hf(kind, where, split, streaming=False)
@@ -143,22 +139,36 @@ class AudioClips(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.items[i]
         if "row" in item:  # Hugging Face data set
-            row = self._hf[item["row"]]
-            return self._decode_hf(row, f"row {item['row']}")
+            return self._rate.hf_row(self._hf[item["row"]], self._audio_col, self.text_column, f"row {item['row']}")
         wave, sr = read_audio(item["path"])
         out = {k: v for k, v in item.items() if k != "file_sample_rate"}
-        out["audio"] = self._to_rate(wave, sr)
+        out["audio"] = self._rate.tensor(wave, sr)
         return out
 
-    def _to_rate(self, wave: np.ndarray, sr: int) -> torch.Tensor:
+
+@dataclass(frozen=True)
+class _Rate:
+    """The target sample rate and whether other rates are resampled (True) or an error (False)."""
+
+    sample_rate: int
+    resample: bool
+
+    def check(self, sr: int, where: str) -> None:
+        if sr != self.sample_rate and not self.resample:
+            raise DataError(f"{where} has sample rate {sr} Hz but {self.sample_rate} Hz is expected; pass "
+                            f"resample=True to resample on loading, or convert the files first (e.g. "
+                            f"`sox in.wav -r {self.sample_rate} out.wav`)")
+
+    def tensor(self, wave: np.ndarray, sr: int) -> torch.Tensor:
         return torch.from_numpy(resample(wave, sr, self.sample_rate) if sr != self.sample_rate else wave)
 
-    def _decode_hf(self, row: dict[str, Any], where: str) -> dict[str, Any]:
-        wave, sr, path = _decode_hf_audio(row[self._audio_col], where)
-        self._check_rate(sr, path or where)
-        meta = {k: v for k, v in row.items() if k != self._audio_col}
-        return {**meta, "audio": self._to_rate(wave, sr), "path": path or where,
-                "text": row.get(self.text_column) if self.text_column else None}
+    def hf_row(self, row: dict[str, Any], audio_col: str, text_column: str | None, where: str) -> dict[str, Any]:
+        """One Hugging Face row as an item: decoded, rate-checked audio plus the other columns."""
+        wave, sr, path = _decode_hf_audio(row[audio_col], where)
+        self.check(sr, path or where)
+        meta = {k: v for k, v in row.items() if k != audio_col}
+        return {**meta, "audio": self.tensor(wave, sr), "path": path or where,
+                "text": row.get(text_column) if text_column else None}
 
 
 class AudioStream(IterableDataset):
@@ -170,23 +180,20 @@ class AudioStream(IterableDataset):
         if kind == "folder":
             raise DataError(f"{source} is an audio folder; use AudioClips for it (streaming is for hf: sources)")
         self._ds = _load_hf(kind, where, split, streaming=True)
-        self._where = where
-        self._clips = AudioClips.__new__(AudioClips)  # reuse its per-row decoding and checks
-        self._clips.sample_rate, self._clips.resample, self._clips.skip_bad = sample_rate, resample, skip_bad
-        self._text_column = text_column
+        self._where, self._text_column, self.skip_bad = where, text_column, skip_bad
+        self._rate = _Rate(sample_rate, resample)
         self.skipped = 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        first = True
+        audio_col = text_column = None
         for i, row in enumerate(self._ds):
-            if first:
-                self._clips._audio_col = _audio_column_of_row(row, self._where)
-                self._clips.text_column = _hf_text_column(list(row), self._text_column, self._where)
-                first = False
+            if audio_col is None:  # a stream's columns are known from its first row
+                audio_col = _audio_column_of_row(row, self._where)
+                text_column = _hf_text_column(list(row), self._text_column, self._where)
             try:
-                yield self._clips._decode_hf(row, f"row {i}")
+                yield self._rate.hf_row(row, audio_col, text_column, f"row {i}")
             except DataError:
-                if not self._clips.skip_bad:
+                if not self.skip_bad:
                     raise
                 self.skipped += 1
 

@@ -34,6 +34,8 @@ import numpy as np
 
 from diffcore.data import MissingDependencyError
 
+from .procedural import check_spec
+
 DEFAULT_SOUNDFONT = os.environ.get("AUDIODIFF_SOUNDFONT", "/usr/share/sounds/sf2/FluidR3_GM.sf2")
 SYSTEM_FIX = "apt-get install fluidsynth fluid-soundfont-gm"
 PYTHON_FIX = "pip install pyfluidsynth"
@@ -127,19 +129,10 @@ class NoteSpec:
     level_db: float
 
     def __post_init__(self) -> None:
-        for name, values in CATEGORIES.items():
-            if getattr(self, name) not in values:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {values}")
-        for value, (lo, hi), what in (
-            (self.note, INSTRUMENTS[self.instrument].registers[self.register], "note"),
-            (self.hold_seconds, HOLD_RANGES_S[self.duration], "hold_seconds"),
-            (self.velocity, VELOCITY_RANGES[self.loudness], "velocity"),
-            (self.level_db, LEVEL_RANGES_DB[self.loudness], "level_db"),
-        ):
-            if not lo <= value <= hi:
-                raise ValueError(f"{what}={value} is outside [{lo}, {hi}], the range of its category")
-        if self.count > 1 and self.gap_seconds < GAP_RANGE_S[0]:
-            raise ValueError(f"gap_seconds={self.gap_seconds} is shorter than {GAP_RANGE_S[0]} s")
+        check_spec(self, CATEGORIES, lambda: {"note": INSTRUMENTS[self.instrument].registers[self.register],
+                                              "hold_seconds": HOLD_RANGES_S[self.duration],
+                                              "velocity": VELOCITY_RANGES[self.loudness],
+                                              "level_db": LEVEL_RANGES_DB[self.loudness]}, GAP_RANGE_S[0])
 
     @property
     def onsets(self) -> tuple[float, ...]:

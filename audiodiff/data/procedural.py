@@ -23,6 +23,7 @@ Synthesis choices, each made so the audio cannot contradict its label:
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -57,6 +58,23 @@ HELD_OUT: tuple[dict[str, object], ...] = (
 )
 
 
+def check_spec(spec: object, categories: dict[str, tuple[object, ...]],
+               ranges: Callable[[], dict[str, tuple[float, float]]], min_gap: float) -> None:
+    """``ValueError`` unless every categorical field of ``spec`` is in its vocabulary, then every exact field
+    lies in the range of its category (``ranges()``, called once the categories are known to be valid), and
+    several events are at least ``min_gap`` seconds apart."""
+    for name, values in categories.items():
+        if getattr(spec, name) not in values:
+            raise ValueError(f"{name}={getattr(spec, name)!r} is not one of {values}")
+    for what, (lo, hi) in ranges().items():
+        value = getattr(spec, what)
+        if not lo <= value <= hi:
+            raise ValueError(f"{what}={value} is outside [{lo}, {hi}], the range of its category")
+    gap = spec.gap_seconds
+    if spec.count > 1 and gap < min_gap:
+        raise ValueError(f"gap_seconds={gap} is shorter than {min_gap} s")
+
+
 @dataclass(frozen=True)
 class EventSpec:
     """Everything needed to render one clip, and its exact labels.
@@ -82,18 +100,11 @@ class EventSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, values in CATEGORIES.items():
-            if getattr(self, name) not in values:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {values}")
-        for value, (lo, hi), what in (
-            (self.frequency_hz, PITCH_RANGES_HZ[self.pitch], "frequency_hz"),
-            (self.event_seconds, DURATION_RANGES_S[self.duration], "event_seconds"),
-            (self.level_db, LEVEL_RANGES_DB[self.loudness], "level_db"),
-        ):
-            if not lo <= value <= hi:
-                raise ValueError(f"{what}={value} is outside [{lo}, {hi}], the range of its category")
-        if self.count > 1 and self.gap_seconds < GAP_RANGE_S[0]:
-            raise ValueError(f"gap_seconds={self.gap_seconds} is shorter than {GAP_RANGE_S[0]} s")
+        check_spec(self, CATEGORIES, lambda: {"frequency_hz": PITCH_RANGES_HZ[self.pitch],
+                                              "event_seconds": DURATION_RANGES_S[self.duration],
+                                              "level_db": LEVEL_RANGES_DB[self.loudness]}, GAP_RANGE_S[0])
+        if self.start_seconds < 0:
+            raise ValueError("start_seconds must be >= 0")
         if self.start_seconds < 0:
             raise ValueError("start_seconds must be >= 0")
 

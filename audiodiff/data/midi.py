@@ -23,7 +23,9 @@ Needs the ``fluidsynth`` module (``pip install pyfluidsynth``), the FluidSynth l
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import itertools
 import math
 import os
@@ -204,7 +206,9 @@ def sample_note_spec(rng: np.random.Generator, held_out: bool | None = False, se
 def load_fluidsynth(soundfont: str = DEFAULT_SOUNDFONT) -> ModuleType:
     """Import ``fluidsynth`` and check the SoundFont exists (else ``MissingDependencyError`` naming the fix)."""
     try:
-        import fluidsynth
+        # pyfluidsynth prints where it found the library when $CI is set; keep that off our stdout.
+        with contextlib.redirect_stdout(io.StringIO()):
+            import fluidsynth
     except ModuleNotFoundError as e:
         raise MissingDependencyError(f"the fluidsynth Python module is missing ({e}); fix: {PYTHON_FIX} "
                            f"(and {SYSTEM_FIX} for the library and the SoundFont)") from e

@@ -108,3 +108,8 @@ def test_evaluate_command_end_to_end(tmp_path):
     assert AudioPipeline.from_pretrained(model).guidance == result["best_guidance"]  # --save-best
     assert (tmp_path / "eval" / "classifier" / "config.json").is_file()
     assert (tmp_path / "eval" / "gen_00.wav").is_file()
+
+
+def test_frechet_distance_needs_two_clips_a_side():
+    with pytest.raises(ValueError, match="at least 2 clips"):
+        frechet_distance(np.zeros((1, 4)), np.zeros((3, 4)))

@@ -1,4 +1,4 @@
-"""`diffcore demo` end to end, on the Gaussian-mixture toy with its exact denoiser.
+"""`diffcore toy` end to end, on the Gaussian-mixture toy with its exact denoiser.
 
 KS bounds: a correct sampler's KS distance is the sampling noise of n draws, which exceeds
 ``ks_critical(n)`` = 1.95 / sqrt(n) with probability 0.001 (0.044 at n = 2000), plus its discretisation
@@ -20,13 +20,13 @@ from diffcore.cli import main
 N = 2000
 
 
-def test_demo_writes_finite_table(tmp_path, capsys):
-    assert main(["demo", "--n", str(N), "--out", tmp_path, "--no-progress"]) == 0
+def test_toy_writes_finite_table(tmp_path, capsys):
+    assert main(["toy", "--n", str(N), "--out", tmp_path, "--no-progress"]) == 0
     printed = capsys.readouterr().out
     for cfg in toy.STANDARD_CONFIGS:
         assert cfg.sampler in printed
 
-    report = json.loads((tmp_path / "demo.json").read_text())
+    report = json.loads((tmp_path / "toy.json").read_text())
     rows = {r["sampler"]: r for r in report["rows"]}
     assert list(rows) == [c.sampler for c in toy.STANDARD_CONFIGS] + ["data"]
     for row in report["rows"]:
@@ -47,7 +47,7 @@ def test_demo_writes_finite_table(tmp_path, capsys):
         assert row["ks"] < toy.ks_critical(N) + 0.05, (name, row["ks"])
         assert abs(row["mode_err"]) < 0.05, (name, row["mode_weight"])
 
-    with open(tmp_path / "demo.csv", newline="") as f:
+    with open(tmp_path / "toy.csv", newline="") as f:
         assert [r["sampler"] for r in csv.DictReader(f)] == list(rows)
 
 

@@ -249,6 +249,11 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     0), which stays real and stable for the singular covariances of small samples.
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"a Frechet distance needs at least 2 clips per side (got {len(a)} and {len(b)}); "
+                         "evaluate more captions")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("non-finite features: a generated clip holds NaN/Inf samples")
     mu = a.mean(0) - b.mean(0)
     sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
 
@@ -361,9 +366,11 @@ def run_evaluation(model: str, data: str, *, out: str | Path = "runs/t2s-eval", 
     real_feat = classifier_features(cls_net, real)
     floor_feat = classifier_features(cls_net, [test[r["index"]]["audio"].numpy()[: round(seconds * pipe.sample_rate)]
                                                for r in floor_rows])
+    # the floor needs a second, disjoint set of held-out clips; a tiny test split may not have one
+    floor = frechet_distance(floor_feat, real_feat) if len(floor_rows) >= 2 else float("nan")
     fd = {"generated_vs_real": frechet_distance(classifier_features(cls_net, generated), real_feat),
           "resynthesized_real_vs_real": frechet_distance(classifier_features(cls_net, ceiling_waves), real_feat),
-          "real_vs_real_floor": frechet_distance(floor_feat, real_feat), "n": len(rows),
+          "real_vs_real_floor": floor, "floor_n": len(floor_rows), "n": len(rows),
           "features": f"in-domain classifier ({cls_net.config['channels'][-1]}-d pooled conv features)"}
     say(f"Frechet distance (in-domain features): generated {fd['generated_vs_real']:.2f}, resynthesized real "
         f"{fd['resynthesized_real_vs_real']:.2f}, real-vs-real floor {fd['real_vs_real_floor']:.2f}")

@@ -3,12 +3,15 @@
     diffcore data build speech|sounds|text [--size tiny|small|full] [--root DIR] [--seed 0] [--force]
     diffcore data path NAME [--size small]      # print where a set lives (built or not)
     diffcore data verify NAME [--size small]    # re-check every file against the manifest's checksums
-    diffcore data system-deps [--install]       # list (or install) the Debian packages the builders read
-    diffcore demo [--n 20000] [--seed 0] [--out runs/demo]
+    diffcore data system-deps [--install] [--browser]   # the Debian packages the builders (and report test) need
+    diffcore demo [--out runs/demo] [--smoke] [--fresh]  # the main job: data, all models, evaluations, report
+    diffcore toy [--n 20000] [--seed 0] [--out runs/toy]
 
-``data`` builds the built-in data sets (``diffcore.data``). ``demo`` runs every sampler on the
-Gaussian-mixture toy with its exact denoiser (``diffcore.toy``), prints how close each gets to the
-data, and writes the table as ``demo.json`` and ``demo.csv`` into ``--out``.
+``data`` builds the built-in data sets (``diffcore.data``). ``demo`` builds the small sets, trains tiny
+models of all three kinds, evaluates them and writes ``<out>/report/index.html`` (``diffcore.demo``);
+run again, it reuses what is finished. ``toy`` runs every sampler on the Gaussian-mixture toy with its
+exact denoiser (``diffcore.toy``), prints how close each gets to the data, and writes the table as
+``toy.json`` and ``toy.csv`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,18 @@ from .schedules import CosineSchedule
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoError, run_demo
+
+    try:
+        run_demo(args.out, profile="smoke" if args.smoke else "full", fresh=args.fresh, data_root=args.data_root,
+                 recipes=args.recipes, seed=args.seed, threads=args.threads, progress=not args.no_progress)
+    except (DemoError, data.MissingDependencyError, data.DataError) as e:
+        print(f"diffcore demo: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _toy(args: argparse.Namespace) -> int:
     schedule = CosineSchedule()
     mix = toy.toy_mixture(args.dim)
     t0 = time.perf_counter()
@@ -39,7 +54,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     weights = ", ".join(f"{w:g}" for w in mix.w.tolist())
     means = ", ".join(f"{m:+g}" for m in mix.m[:, 0].tolist())
-    print(f"diffcore demo: {args.n} samples per sampler, seed {args.seed}, exact denoiser of the mixture "
+    print(f"diffcore toy: {args.n} samples per sampler, seed {args.seed}, exact denoiser of the mixture "
           f"w = ({weights}), mean[0] = ({means}), std = {mix.s[0]:g}, dim = {args.dim}; {schedule!r}")
     print()
     toy.print_table(rows, args.n)
@@ -54,22 +69,25 @@ def _demo(args: argparse.Namespace) -> int:
         "mixture": {"weights": mix.w.tolist(), "means": mix.m.tolist(), "stds": mix.s.tolist()},
         "ks_critical_p001": toy.ks_critical(args.n), "machine": machine, "total_s": total,
     }
-    (out / "demo.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
-    _write_csv(out / "demo.csv", rows)
-    print(f"wrote {out / 'demo.json'} and {out / 'demo.csv'}")
+    (out / "toy.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+    _write_csv(out / "toy.csv", rows)
+    print(f"wrote {out / 'toy.json'} and {out / 'toy.csv'}")
     return 0
 
 
 def _data(args: argparse.Namespace) -> int:
     if args.action == "system-deps":
-        missing = data.missing_system_packages()
+        packages = data.SYSTEM_PACKAGES + (data.BROWSER_PACKAGES if args.browser else ())
+        missing = data.missing_system_packages(packages)
         if args.install:
-            data.install_system_packages()
+            data.install_system_packages(packages)
         elif missing:
+            flag = " --browser" if args.browser else ""
             print("missing Debian packages; install them with: apt-get update && apt-get install "
-                  f"--no-install-recommends {' '.join(missing)}  (or: diffcore data system-deps --install)")
+                  f"--no-install-recommends {' '.join(missing)}  (or: diffcore data system-deps --install{flag})")
             return 1
-        print("every Debian package the data builders need is installed")
+        print("every Debian package the data builders need is installed" +
+              (", and Chromium for the report-page test" if args.browser else ""))
         return 0
     if args.name is None:
         print("diffcore data: name the data set (speech, sounds, text or all)", file=sys.stderr)
@@ -92,15 +110,9 @@ def _data(args: argparse.Namespace) -> int:
                 print(f"diffcore data build {name}: {e}", file=sys.stderr)
                 return 2
             m = data.load_manifest(path)
-            counts = ", ".join(f"{split} {_describe(v)}" for split, v in m.get("splits", {}).items())
+            counts = ", ".join(f"{split} {data.describe_split(v)}" for split, v in m.get("splits", {}).items())
             print(f"{name}-{args.size}: {path} ({counts}; built in {m['build_seconds']:.0f} s on {m['created']})")
     return 0
-
-
-def _describe(stats: dict[str, Any]) -> str:
-    if "clips" in stats:
-        return f"{stats['clips']} clips / {stats['seconds'] / 60:.1f} min"
-    return f"{stats.get('documents', '?')} docs / {stats.get('tokens', '?')} tokens"
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -128,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     dat.add_argument("name", nargs="?", choices=(*data.BUILDERS, "all"))
     dat.add_argument("--install", action="store_true", help="system-deps: install the missing Debian packages "
                                                             "(apt-get, as root or through sudo)")
+    dat.add_argument("--browser", action="store_true", help="system-deps: also Chromium and its driver, which "
+                                                            "the report-page test drives")
     dat.add_argument("--size", choices=data.SIZES, default="small",
                      help="tiny: seconds (tests); small: minutes (the demo); full: everything the sources give")
     dat.add_argument("--root", default=None, help="parent folder of the sets (default $DIFFCORE_DATA_HOME or "
@@ -137,16 +151,31 @@ def build_parser() -> argparse.ArgumentParser:
     dat.add_argument("--no-progress", action="store_true", help="no progress bars")
     dat.set_defaults(func=_data)
 
-    demo = sub.add_parser("demo", help="run every sampler on a Gaussian-mixture toy with its exact denoiser",
+    demo = sub.add_parser("demo", help="the main job: data, tiny models of all three kinds, evaluations, report",
                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    demo.add_argument("--n", type=positive_int, default=20_000, help="samples per sampler (default 20000)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.add_argument("--out", default="runs/demo", help="output folder for demo.json / demo.csv")
-    demo.add_argument("--dim", type=int, choices=(1, 2), default=1, help="data dimension (default 1)")
-    demo.add_argument("--threads", type=positive_int, default=1,
-                      help="torch intra-op threads (default 1: the toy's tensors are too small to gain)")
+    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo); the report is "
+                                                         "<out>/report/index.html")
+    demo.add_argument("--smoke", action="store_true", help="tiny data and a few steps per model: every code path "
+                                                           "in minutes (what CI runs)")
+    demo.add_argument("--fresh", action="store_true", help="redo every stage (and rebuild the data sets) instead "
+                                                           "of reusing finished ones")
+    demo.add_argument("--data-root", default=None, help="where the data sets are built (default "
+                                                        "$DIFFCORE_DATA_HOME or ~/.cache/diffcore/data)")
+    demo.add_argument("--recipes", default=None, help="recipes folder (default: the checkout's recipes/)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of data, training and sampling (default 0)")
+    demo.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
+
+    toy = sub.add_parser("toy", help="run every sampler on a Gaussian-mixture toy with its exact denoiser")
+    toy.add_argument("--n", type=positive_int, default=20_000, help="samples per sampler (default 20000)")
+    toy.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    toy.add_argument("--out", default="runs/toy", help="output folder for toy.json / toy.csv")
+    toy.add_argument("--dim", type=int, choices=(1, 2), default=1, help="data dimension (default 1)")
+    toy.add_argument("--threads", type=positive_int, default=1,
+                     help="torch intra-op threads (default 1: the toy's tensors are too small to gain)")
+    toy.add_argument("--no-progress", action="store_true", help="no progress bars")
+    toy.set_defaults(func=_toy)
     return parser
 
 

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,6 +52,8 @@ T = TypeVar("T")
 # Debian packages the builders read (see each builder's docstring); `diffcore data system-deps --install`.
 SYSTEM_PACKAGES = ("espeak-ng", "flite", "festival", "festvox-us-slt-hts", "festvox-kallpc16k", "festvox-kdlpc16k",
                    "fluidsynth", "fluid-soundfont-gm", "wordnet-base", "tuxpaint-stamps-default")
+# The headless browser the demo report's test drives (`diffcore data system-deps --install --browser`).
+BROWSER_PACKAGES = ("chromium", "chromium-driver")
 
 
 class MissingDependencyError(RuntimeError):
@@ -60,6 +62,13 @@ class MissingDependencyError(RuntimeError):
 
 class DataError(ValueError):
     """Bad input data (unreadable file, wrong format, missing column); the message names file and fix."""
+
+
+def describe_split(stats: dict[str, Any]) -> str:
+    """One split of a manifest in words: clips and minutes, or documents and tokens."""
+    if "clips" in stats:
+        return f"{stats['clips']} clips / {stats['seconds'] / 60:.1f} min"
+    return f"{stats.get('documents', '?')} docs / {stats.get('tokens', '?')} tokens"
 
 
 def data_home() -> Path:
@@ -178,15 +187,15 @@ def download_deb(package: str, dest: Path) -> Path:
     return found()[-1]
 
 
-def missing_system_packages() -> list[str]:
-    """The packages of ``SYSTEM_PACKAGES`` that are not installed."""
-    return [p for p in SYSTEM_PACKAGES if debian_version(p) is None]
+def missing_system_packages(packages: Sequence[str] = SYSTEM_PACKAGES) -> list[str]:
+    """The Debian ``packages`` (default: ``SYSTEM_PACKAGES``) that are not installed."""
+    return [p for p in packages if debian_version(p) is None]
 
 
-def install_system_packages() -> None:
-    """Install the missing ``SYSTEM_PACKAGES`` with apt-get (as root, or through sudo); the user asks for
-    this explicitly (``diffcore data system-deps --install``), the builders never do it."""
-    missing = missing_system_packages()
+def install_system_packages(packages: Sequence[str] = SYSTEM_PACKAGES) -> None:
+    """Install the missing ``packages`` with apt-get (as root, or through sudo); the user asks for this
+    explicitly (``diffcore data system-deps --install``), the builders never do it."""
+    missing = missing_system_packages(packages)
     if not missing:
         return
     prefix = [] if os.geteuid() == 0 else ["sudo"] if shutil.which("sudo") else None

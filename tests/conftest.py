@@ -32,20 +32,26 @@ def need_system() -> Callable[[Callable[[], object]], None]:
 
 
 @pytest.fixture(scope="session")
-def speech_tiny(tmp_path_factory, need_system):
+def tiny_data_root(tmp_path_factory):
+    """One folder for the tiny built-in sets of the whole session (the demo's smoke run reuses them)."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def speech_tiny(tiny_data_root, need_system):
     """The built-in speech set at size tiny, built once per test session."""
     from audiodiff.data import speech
     from diffcore.data import build
 
     need_system(speech.check_requirements)
-    return build("speech", "tiny", root=tmp_path_factory.mktemp("data"), progress=False)
+    return build("speech", "tiny", root=tiny_data_root, progress=False)
 
 
 @pytest.fixture(scope="session")
-def sounds_tiny(tmp_path_factory, need_system):
+def sounds_tiny(tiny_data_root, need_system):
     """The built-in sounds set at size tiny, built once per test session."""
     from audiodiff.data import sounds
     from diffcore.data import build
 
     need_system(sounds.check_requirements)
-    return build("sounds", "tiny", root=tmp_path_factory.mktemp("data"), progress=False)
+    return build("sounds", "tiny", root=tiny_data_root, progress=False)

@@ -173,3 +173,16 @@ def test_base_recipe_builds(tmp_path):
     n = sum(p.numel() for p in cli.model.net.parameters())
     assert 14e6 < n < 18e6 and cli.model.mel_config == MelConfig()
     assert cli.datamodule.segment_length % cli.model.mel_config.hop_length == 0
+
+
+def test_ddp_recipe_layers_on_a_model_recipe(tmp_path):
+    """recipes/_base/ddp.yaml parses after a model recipe and sets Lightning's strategy (CPU processes here,
+    as CI has no GPU; on a GPU machine the recipe's accelerator and devices apply as written)."""
+    cli = lightning_cli(["-c", str(ROOT / "recipes/_base/trainer.yaml"), "-c", str(ROOT / "recipes/vocoder/tiny.yaml"),
+                         "-c", str(ROOT / "recipes/_base/ddp.yaml"), "--trainer.accelerator", "cpu",
+                         "--trainer.devices", "2", "--trainer.logger", "false",
+                         "--trainer.default_root_dir", str(tmp_path), "--data.init_args.root", str(tmp_path)],
+                        run=False)
+    from lightning.pytorch.strategies import DDPStrategy
+
+    assert isinstance(cli.trainer.strategy, DDPStrategy) and cli.trainer.num_devices == 2

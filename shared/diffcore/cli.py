@@ -80,7 +80,11 @@ def _data(args: argparse.Namespace) -> int:
         packages = data.SYSTEM_PACKAGES + (data.BROWSER_PACKAGES if args.browser else ())
         missing = data.missing_system_packages(packages)
         if args.install:
-            data.install_system_packages(packages)
+            try:
+                data.install_system_packages(packages)
+            except data.MissingDependencyError as e:  # not root, no sudo: say what to run as root
+                print(f"diffcore data system-deps: {e}", file=sys.stderr)
+                return 2
         elif missing:
             flag = " --browser" if args.browser else ""
             print("missing Debian packages; install them with: apt-get update && apt-get install "

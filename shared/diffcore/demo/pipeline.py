@@ -1,7 +1,7 @@
 """The stages of ``diffcore demo`` and the bookkeeping that makes the job resumable.
 
 A stage is a function of its output folder. Before running it, ``Stages.run`` computes a fingerprint of
-its settings and of its upstream stages' fingerprints; a finished stage (``done.json``) with the same
+its settings and of its upstream stages' run ids; a finished stage (``done.json``) with the same
 fingerprint is reused, anything else in the folder is stale and removed. Training stages resume from
 their last checkpoint (written atomically by ``AtomicCheckpointIO``), so an interrupted run loses at most
 one checkpoint interval.
@@ -104,7 +104,8 @@ class Stages:
     def run(self, name: str, settings: dict[str, Any], upstream: Sequence[str],
             fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
         d = self.out / name
-        fp = _fingerprint({"settings": settings, "upstream": [self.records[u]["fingerprint"] for u in upstream]})
+        # keyed on each upstream stage's run id: when an upstream stage is redone, everything after it is too
+        fp = _fingerprint({"settings": settings, "upstream": [self.records[u]["run"] for u in upstream]})
         done = d / "done.json"
         if done.is_file() and not self.fresh:
             record = json.loads(done.read_text())
@@ -121,7 +122,8 @@ class Stages:
         self.say(f"[{name}] {'resuming' if resumed else 'starting'}")
         t0 = time.perf_counter()
         result = fn(d)
-        record = {"fingerprint": fp, "seconds": time.perf_counter() - t0, "settings": settings, "result": result}
+        record = {"fingerprint": fp, "run": f"{name}-{time.time_ns()}", "seconds": time.perf_counter() - t0,
+                  "settings": settings, "result": result}
         _write_json(done, record)
         self.say(f"[{name}] finished in {record['seconds']:.0f} s")
         self.records[name] = record
@@ -276,7 +278,19 @@ def stage_vae(ctx: Context, d: Path, sounds: str) -> dict[str, Any]:
     return {"model": str(model), "steps": p.vae_steps}
 
 
-def stage_t2s(ctx: Context, d: Path, sounds: str, vae: str, vocoder: str) -> dict[str, Any]:
+def audio_backend(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The vocoder if its fewest-step row beats Griffin-Lim on log-mel L1 in the vocoder evaluation, else
+    Griffin-Lim; with the two figures, so the report can say why."""
+    gl = next(r for r in rows if r["system"] == "griffin_lim")
+    voc = min((r for r in rows if r["system"] == "vocoder"), key=lambda r: r["steps"])
+    better = voc["logmel_mean"] < gl["logmel_mean"]
+    return {"name": "vocoder" if better else "griffin_lim", "vocoder_steps": voc["steps"],
+            "vocoder_logmel": voc["logmel_mean"], "griffin_lim_logmel": gl["logmel_mean"]}
+
+
+def stage_t2s(ctx: Context, d: Path, sounds: str, vae: str) -> dict[str, Any]:
+    """Train the latent denoiser and export it as a pipeline with Griffin-Lim audio; the evaluation plugs in
+    the vocoder when it measured better (``AudioPipeline.from_pretrained(dir, vocoder=...)``)."""
     from audiodiff.cli import lightning_cli
     from audiodiff.t2s.modules import export_pipeline
 
@@ -286,7 +300,7 @@ def stage_t2s(ctx: Context, d: Path, sounds: str, vae: str, vocoder: str) -> dic
                   "model": {"init_args": {"vae": vae, "cache_path": str(d / "captions.safetensors")}},
                   "data": {"init_args": {"root": sounds}}},
                  p.ldm_steps, p.val_batches, ctx.progress)
-    model = export_pipeline(ckpt, d / "model", vocoder=vocoder, steps=p.t2s_steps)
+    model = export_pipeline(ckpt, d / "model", steps=p.t2s_steps)
     return {"model": str(model), "steps": p.ldm_steps}
 
 
@@ -318,16 +332,16 @@ def eval_vocoder(ctx: Context, d: Path, model: str, speech: str) -> dict[str, An
     return {"rows": result["rows"], "utterances": result["utterances"], "audio": str(d / "audio")}
 
 
-def eval_t2s(ctx: Context, d: Path, model: str, sounds: str) -> dict[str, Any]:
+def eval_t2s(ctx: Context, d: Path, model: str, sounds: str, vocoder: str | None) -> dict[str, Any]:
     from audiodiff.t2s.evaluate import run_evaluation
 
     p = ctx.profile
-    result = run_evaluation(model, sounds, out=d, n=p.t2s_captions, seed=ctx.seed, steps=p.t2s_steps,
+    result = run_evaluation(model, sounds, out=d, n=p.t2s_captions, seed=ctx.seed, steps=p.t2s_steps, vocoder=vocoder,
                             classifier_epochs=p.classifier_epochs, seconds=3.0 if p.name != "smoke" else 1.5,
                             progress=lambda s: ctx.say(f"[eval_t2s] {s}"))
     keep = ("n", "steps", "guidance", "sampler", "audio", "vae_logmel_l1", "seconds_per_clip", "adherence",
             "frechet", "classifier_validation_accuracy", "seconds")
-    return {**{k: result[k] for k in keep if k in result}, "eval_dir": str(d)}
+    return {**{k: result[k] for k in keep if k in result}, "eval_dir": str(d), "vocoder": vocoder}
 
 
 INFILL_TEMPLATE = "The [MASK:6] of the king [MASK:8] and the queen"
@@ -389,6 +403,9 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, profile: str | Profile = "
                 "recipes": {"/".join(r): _fingerprint(ctx.recipe(*r).read_text()) for r in recipes}}
 
     trainer = ("_base", "trainer.yaml")
+    for r in (trainer, ("vocoder", "tiny.yaml"), ("t2s", "vae_tiny.yaml"), ("t2s", "ldm_tiny.yaml"),
+              ("textdiff", "tiny.yaml"), ("textdiff", "tiny_ar.yaml")):
+        ctx.recipe(*r)  # all there before anything runs
     data = stages.run("data", {**settings("data_size"), "data_root": str(data_root)}, [],
                       lambda d: stage_data(ctx, d, force=fresh))["result"]
     speech, sounds, text = (data[k]["path"] for k in ("speech", "sounds", "text"))
@@ -397,18 +414,23 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, profile: str | Profile = "
                      lambda d: stage_vocoder(ctx, d, speech))["result"]
     vae = stages.run("vae", settings("vae_steps", "val_batches", recipes=[trainer, ("t2s", "vae_tiny.yaml")]),
                      ["data"], lambda d: stage_vae(ctx, d, sounds))["result"]
+    ev_voc = stages.run("eval_vocoder", settings("eval_utterances", "eval_seconds", "vocoder_eval_steps"),
+                        ["vocoder"], lambda d: eval_vocoder(ctx, d, voc["model"], speech))
     t2s = stages.run("t2s", settings("ldm_steps", "t2s_steps", "val_batches",
-                                     recipes=[trainer, ("t2s", "ldm_tiny.yaml")]), ["data", "vae", "vocoder"],
-                     lambda d: stage_t2s(ctx, d, sounds, vae["model"], voc["model"]))["result"]
+                                     recipes=[trainer, ("t2s", "ldm_tiny.yaml")]), ["data", "vae"],
+                     lambda d: stage_t2s(ctx, d, sounds, vae["model"]))["result"]
+    # Text-to-sound audio goes through whichever mel -> audio path measured better on unseen speech: our
+    # vocoder once it is trained enough, Griffin-Lim before that (a tiny CPU budget rarely gets there).
+    backend = audio_backend(ev_voc["result"]["rows"])
+    t2s_vocoder = voc["model"] if backend["name"] == "vocoder" else None
     lm_settings = ("lm_steps", "lm_batch_size", "val_batches")
     lm = stages.run("lm", settings(*lm_settings, recipes=[trainer, ("textdiff", "tiny.yaml")]), ["data"],
                     lambda d: stage_lm(ctx, d, text, "tiny.yaml"))["result"]
     lm_ar = stages.run("lm_ar", settings(*lm_settings, recipes=[trainer, ("textdiff", "tiny_ar.yaml")]), ["data"],
                        lambda d: stage_lm(ctx, d, text, "tiny_ar.yaml"))["result"]
-    ev_voc = stages.run("eval_vocoder", settings("eval_utterances", "eval_seconds", "vocoder_eval_steps"),
-                        ["vocoder"], lambda d: eval_vocoder(ctx, d, voc["model"], speech))
-    ev_t2s = stages.run("eval_t2s", settings("name", "t2s_captions", "t2s_steps", "classifier_epochs"), ["t2s"],
-                        lambda d: eval_t2s(ctx, d, t2s["model"], sounds))
+    ev_t2s = stages.run("eval_t2s", {**settings("name", "t2s_captions", "t2s_steps", "classifier_epochs"),
+                                     "audio": backend}, ["t2s", "vocoder"],
+                        lambda d: eval_t2s(ctx, d, t2s["model"], sounds, t2s_vocoder))
     ev_text = stages.run("eval_text", settings("text_windows", "text_samples", "text_sample_steps"),
                          ["lm", "lm_ar"], lambda d: eval_text(ctx, d, lm["model"], lm_ar["model"], text))
 
@@ -417,7 +439,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, profile: str | Profile = "
     results = {
         "profile": asdict(prof), "seed": seed, "machine": machine_info(),
         "stage_seconds": {k: r["seconds"] for k, r in stages.records.items()},
-        "data": data, "vocoder": {**voc, "eval": ev_voc["result"]}, "t2s": {**t2s, "eval": ev_t2s["result"]},
+        "data": data, "vocoder": {**voc, "eval": ev_voc["result"]},
+        "t2s": {**t2s, "eval": ev_t2s["result"], "audio_backend": backend},
         "vae": vae, "text": {"diffusion": lm, "ar": lm_ar, "eval": ev_text["result"]},
         "curves": {name: loss_curves(out / name) for name in ("vocoder", "vae", "t2s", "lm", "lm_ar")},
     }

@@ -189,7 +189,8 @@ def t2s_section(results: dict[str, Any], media: Media) -> str:
              _table(head, rows, f"caption adherence (accuracy), {adh['generated']['n']} held-out captions"),
              _table(["", "Fréchet distance ↓"], fd_rows,
                     f"in-domain classifier features, N = {fd['n']} (small N inflates every value)"),
-             f"<p>VAE reconstruction log-mel L1 on these clips: {_num(ev['vae_logmel_l1'])}.</p>"]
+             f"<p>VAE reconstruction log-mel L1 on these clips: {_num(ev['vae_logmel_l1'])}.</p>",
+             _backend_note(t2s.get("audio_backend"))]
     out_dir = Path(ev["eval_dir"])
     captions_file = out_dir / "captions.txt"
     captions = captions_file.read_text().splitlines() if captions_file.is_file() else []
@@ -200,6 +201,17 @@ def t2s_section(results: dict[str, Any], media: Media) -> str:
             parts.append(f"<div class='cell'><p>“{_esc(caption)}”</p>{media.add(wav, f'sound_{i}')}</div>")
     parts.append("</div></section>")
     return "".join(parts)
+
+
+def _backend_note(b: dict[str, Any] | None) -> str:
+    if not b:
+        return ""
+    why = (f"the vocoder ({b['vocoder_steps']} steps) measured log-mel L1 {_num(b['vocoder_logmel'])} on unseen "
+           f"speech against Griffin-Lim's {_num(b['griffin_lim_logmel'])}")
+    if b["name"] == "vocoder":
+        return f"<p>Audio comes from our WaveGrad vocoder: {why}.</p>"
+    return (f"<p>Audio comes from Griffin-Lim, not our vocoder: {why}, so the vocoder would have hidden what "
+            "the denoiser learned. With a trained vocoder (the GPU recipe) the pipeline uses it.</p>")
 
 
 def text_section(results: dict[str, Any]) -> str:

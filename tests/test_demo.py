@@ -1,0 +1,221 @@
+"""`diffcore demo --smoke` end to end (the README's main job at a reduced size), its resumability, and the
+report page in headless Chromium.
+
+The smoke run trains every model for a dozen steps, so its figures say nothing about quality; what is
+checked is that every number the report shows exists and lies where it must (finite, accuracies in [0, 1],
+the ground truth at the metrics' best values and ahead of Griffin-Lim, perplexities above 1), that a
+second run reuses every stage, and that an interrupted training stage resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffcore.cli import main
+from diffcore.demo import DemoError, run_demo
+from diffcore.lightning import AtomicCheckpointIO
+
+STAGES = ("data", "vocoder", "vae", "t2s", "lm", "lm_ar", "eval_vocoder", "eval_t2s", "eval_text")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, tiny_data_root, speech_tiny, sounds_tiny):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    assert main(["demo", "--smoke", "--out", out, "--data-root", tiny_data_root, "--no-progress",
+                 "--threads", "1"]) == 0
+    return out
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def test_smoke_report_numbers_are_sane(smoke):
+    res = json.loads((smoke / "results.json").read_text())
+    assert set(res["stage_seconds"]) == set(STAGES)
+    for stage in STAGES:
+        assert json.loads((smoke / stage / "done.json").read_text())["fingerprint"]
+
+    rows = {(r["system"], r["steps"]): r for r in res["vocoder"]["eval"]["rows"]}
+    truth, gl = rows[("ground_truth", None)], rows[("griffin_lim", None)]
+    assert {("vocoder", 6), ("vocoder", 50)} <= set(rows)
+    for r in rows.values():
+        for m in ("logmel", "mrstft", "pesq_wb", "stoi"):
+            assert _finite(r[f"{m}_mean"]), (r["system"], m)
+        assert 0 <= r["stoi_mean"] <= 1 + 1e-6 and 1.0 <= r["pesq_wb_mean"] <= 4.65
+    assert truth["logmel_mean"] == 0 and truth["stoi_mean"] == pytest.approx(1.0)
+    assert truth["pesq_wb_mean"] > gl["pesq_wb_mean"] and gl["logmel_mean"] > 0
+    backend = res["t2s"]["audio_backend"]
+    assert backend["name"] == ("vocoder" if backend["vocoder_logmel"] < backend["griffin_lim_logmel"]
+                               else "griffin_lim")
+
+    ev = res["t2s"]["eval"]
+    for who in ("generated", "ceiling", "chance"):
+        scores = ev["adherence"][who]
+        assert scores["n"] == ev["n"] >= 2
+        for k, v in scores.items():
+            if k not in ("n", "all_correct_by_kind") and v is not None:
+                assert 0.0 <= v <= 1.0, (who, k, v)
+    fd = ev["frechet"]
+    assert _finite(fd["generated_vs_real"]) and fd["generated_vs_real"] >= -1e-6
+    assert _finite(fd["resynthesized_real_vs_real"]) and _finite(ev["vae_logmel_l1"])
+
+    text = res["text"]["eval"]
+    ppl = text["perplexity"]
+    assert ppl["diffusion"]["ppl"] > 1 and ppl["ar"]["ppl"] > 1 and _finite(ppl["gap_percent"])
+    assert all(_finite(r["gen_ppl"]) and r["gen_ppl"] > 1 for r in text["samples_quality"])
+    assert all(isinstance(s, str) for s in text["samples"].values()) and len(text["infill"]["outputs"]) == 2
+    # the template's fixed words survive infilling
+    assert all(o.startswith("The") and "of the king" in o and o.endswith("and the queen")
+               for o in text["infill"]["outputs"])
+
+    for name in ("vocoder", "vae", "t2s", "lm", "lm_ar"):
+        curve = res["curves"][name]
+        train = next(v for k, v in curve.items() if k.startswith("train"))
+        assert len(train) >= 2 and all(_finite(v) for _, v in train), name
+    page = (smoke / "report" / "index.html").read_text()
+    assert "<audio" in page and "<svg" in page and "Griffin-Lim" in page and "held-out" in page
+
+
+def test_second_run_reuses_every_stage(smoke, tiny_data_root):
+    said: list[str] = []
+    before = json.loads((smoke / "results.json").read_text())
+    res = run_demo(smoke, profile="smoke", data_root=tiny_data_root, progress=False, threads=1, say=said.append)
+    reused = [line for line in said if line.endswith("reused; --fresh redoes it")]
+    assert len(reused) == len(STAGES), said
+    assert res["text"]["eval"]["perplexity"] == before["text"]["eval"]["perplexity"]
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(smoke, tiny_data_root):
+    """Remove what a kill during the AR twin's training would leave unfinished: its done.json and final
+    export (but not the last periodic checkpoint). The rerun resumes that stage, redoes only what depends
+    on it, and keeps the others."""
+    d = smoke / "lm_ar"
+    assert (d / "checkpoints" / "last.ckpt").is_file()
+    step_at_kill = torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    (d / "done.json").unlink()
+    (d / "final.ckpt").unlink()
+    shutil.rmtree(d / "model")
+    said: list[str] = []
+    run_demo(smoke, profile="smoke", data_root=tiny_data_root, progress=False, threads=1, say=said.append)
+    assert "[lm_ar] resuming" in said
+    assert "[eval_text] starting" in said  # downstream of lm_ar
+    assert "[lm] done earlier" in " ".join(said) and "[vocoder] done earlier" in " ".join(said)
+    final = torch.load(d / "final.ckpt", map_location="cpu", weights_only=False)
+    assert 0 < step_at_kill == final["global_step"]
+    # a restart from scratch would have logged training losses again from step 0 in a second log part
+    again = d / "logs" / "part1" / "metrics.csv"
+    rows = list(csv.DictReader(again.open())) if again.is_file() else []
+    assert all(int(r["step"]) >= step_at_kill for r in rows if r.get("train/loss"))
+
+
+def test_refuses_a_folder_it_did_not_make(tmp_path):
+    (tmp_path / "vocoder").mkdir()
+    (tmp_path / "vocoder" / "precious.txt").write_text("mine")
+    with pytest.raises(DemoError, match="not made by `diffcore demo`"):
+        run_demo(tmp_path, profile="smoke", progress=False)
+    assert (tmp_path / "vocoder" / "precious.txt").read_text() == "mine"
+    assert main(["demo", "--smoke", "--out", tmp_path, "--no-progress"]) == 2
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("disk full (simulated)")
+
+
+def test_atomic_checkpoint_keeps_the_old_file_when_a_save_fails(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "ckpts" / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    with pytest.raises(RuntimeError, match="disk full"):
+        io.save_checkpoint({"step": 2, "bad": _Unpicklable()}, path)
+    assert io.load_checkpoint(path)["step"] == 1
+    assert os.listdir(path.parent) == ["last.ckpt"]  # no partial file left behind
+    io.save_checkpoint({"step": 3}, path)
+    assert io.load_checkpoint(path)["step"] == 3
+
+
+# --- the page in a real browser ------------------------------------------------------------------------------
+
+AUDIO_CHECK = """
+const done = arguments[arguments.length - 1];
+const audios = Array.from(document.querySelectorAll('audio'));
+Promise.all(audios.map(a => new Promise(resolve => {
+  const report = () => resolve({src: a.getAttribute('src'), duration: a.duration,
+                                error: a.error ? a.error.code : null});
+  if (a.readyState >= 1 || a.error) return report();
+  a.addEventListener('loadedmetadata', report, {once: true});
+  a.addEventListener('error', report, {once: true});
+  a.preload = 'auto'; a.load();
+}))).then(done);
+"""
+IMAGE_CHECK = """
+return Array.from(document.images).map(i => ({src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0}));
+"""
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Selenium driving the Debian chromium through chromedriver (no download: both are local programs)."""
+    missing = [p for p in ("chromium", "chromedriver") if shutil.which(p) is None]
+    if missing:
+        msg = ("Chromium is not installed (" + ", ".join(missing) + "); fix: diffcore data system-deps --install "
+               "--browser (apt-get install chromium chromium-driver)")
+        if os.environ.get("DIFFCORE_REQUIRE_SYSTEM") == "1":
+            pytest.fail(f"DIFFCORE_REQUIRE_SYSTEM=1 but: {msg}")
+        pytest.skip(msg)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--autoplay-policy=no-user-gesture-required"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
+    driver.set_script_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.browser
+def test_report_page_in_headless_chromium(smoke, chromium):
+    page = smoke / "report" / "index.html"
+    chromium.get(page.as_uri())
+    assert "demo report" in chromium.title
+    audios = chromium.execute_async_script(AUDIO_CHECK)
+    assert len(audios) >= 6  # speech (4 systems x utterances) and the generated sounds
+    for a in audios:
+        assert (page.parent / a["src"]).is_file(), a
+        assert a["error"] is None and a["duration"] > 0, a  # the browser decoded the WAV's header
+    images = chromium.execute_script(IMAGE_CHECK)
+    assert len(images) == len(audios)  # one mel image per clip
+    assert all(i["ok"] for i in images), [i for i in images if not i["ok"]]
+    # the loss curves are inline SVG with a line (or a point) per logged loss
+    assert chromium.execute_script("return document.querySelectorAll('svg polyline, svg circle').length") >= 5
+
+
+def test_report_page_flags_a_missing_file(smoke, chromium, tmp_path):
+    """The browser check above can fail: the same page with one WAV removed reports a decoding error."""
+    copy = tmp_path / "report"
+    shutil.copytree(smoke / "report", copy)
+    victim = sorted((copy / "media").glob("*.wav"))[0]
+    victim.unlink()
+    chromium.get((copy / "index.html").as_uri())
+    audios = chromium.execute_async_script(AUDIO_CHECK)
+    broken = [a for a in audios if a["error"] is not None]
+    assert [a["src"] for a in broken] == [f"media/{victim.name}"]
+
+
+def test_recipes_folder_must_exist(tmp_path):
+    with pytest.raises(DemoError, match="recipe .* not found"):
+        run_demo(tmp_path / "out", profile="smoke", recipes=tmp_path / "nowhere", progress=False,
+                 data_root=Path(tmp_path / "data"))

@@ -95,14 +95,14 @@ def test_second_run_reuses_every_stage(smoke, tiny_data_root):
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(smoke, tiny_data_root):
-    """Remove what a kill during the AR twin's training would leave unfinished: its done.json and final
-    export (but not the last periodic checkpoint). The rerun resumes that stage, redoes only what depends
-    on it, and keeps the others."""
+    """Recreate what a kill during the AR twin's training leaves: a periodic checkpoint, no final checkpoint,
+    no export, no done.json. The rerun resumes that stage, redoes only what depends on it, keeps the others."""
     d = smoke / "lm_ar"
-    assert (d / "checkpoints" / "last.ckpt").is_file()
+    assert not (d / "checkpoints").exists()  # a finished stage keeps only final.ckpt
+    (d / "checkpoints").mkdir()
+    (d / "final.ckpt").rename(d / "checkpoints" / "last.ckpt")
     step_at_kill = torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
     (d / "done.json").unlink()
-    (d / "final.ckpt").unlink()
     shutil.rmtree(d / "model")
     said: list[str] = []
     run_demo(smoke, profile="smoke", data_root=tiny_data_root, progress=False, threads=1, say=said.append)

@@ -140,10 +140,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def train(stage: Path, make_cli: Callable[..., Any], recipes: Sequence[Path], overrides: dict[str, Any],
           max_steps: int, val_batches: int, progress: bool) -> Path:
-    """Train the recipe(s) in ``stage`` for ``max_steps`` (resuming from ``stage/checkpoints/last.ckpt``) and
-    return the final checkpoint. The demo's own settings go in ``stage/demo.yaml``, the last config
-    LightningCLI reads, so the folder records exactly what was run."""
-    ckpt_dir, logs = stage / "checkpoints", stage / "logs"
+    """Train the recipe(s) in ``stage`` for ``max_steps``, resuming from ``stage/checkpoints/last.ckpt``, and
+    return ``stage/final.ckpt`` (kept for fine-tuning; the periodic checkpoints are then removed). The
+    demo's own settings go in ``stage/demo.yaml``, the last config LightningCLI reads, so the folder
+    records exactly what was run."""
+    ckpt_dir, logs, final = stage / "checkpoints", stage / "logs", stage / "final.ckpt"
+    if final.is_file():  # trained already; the run was interrupted while exporting
+        return final
     part = len(list(logs.glob("part*"))) if logs.is_dir() else 0  # one CSV log per (re)start
     every = max(1, min(250, max_steps // 4))
     recipe_trainer = {}
@@ -177,8 +180,8 @@ def train(stage: Path, make_cli: Callable[..., Any], recipes: Sequence[Path], ov
         sys.argv = argv
     last = ckpt_dir / "last.ckpt"
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(last) if last.is_file() else None)
-    final = stage / "final.ckpt"
     cli.trainer.save_checkpoint(final)  # through AtomicCheckpointIO
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # final.ckpt supersedes the periodic ones (half the disk)
     return final
 
 

@@ -400,6 +400,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, profile: str | Profile = "
                   seed, progress, talk)
     torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
     t0 = time.perf_counter()
+
     def settings(*fields: str, recipes: Sequence[tuple[str, ...]] = ()) -> dict[str, Any]:
         """What a stage depends on: its profile fields, the seed, and the text of its recipes."""
         return {"seed": seed, **{f: getattr(prof, f) for f in fields},

@@ -407,3 +407,30 @@ def test_checkpoint_resume_export_and_cli(overfit_data, tmp_path, monkeypatch, c
             (["infill", "a [MASK] b"], "unknown slot syntax")):
         assert cli.main([*argv, "--model", str(tmp_path / "model"), "--device", "cpu"]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_nelbo_at_masked_positions_only_equals_the_full_computation():
+    """``logits_at`` (output layer at the masked positions only) gives the same loss and gradients."""
+    net = make_net(dtype=torch.float64)
+    module = MaskedDiffusionModule(net, ema_decay=None)
+    x0 = rand_tokens(3, 12, seed=5)
+    t = torch.tensor([0.2, 0.6, 0.95], dtype=torch.float64)
+    full = masked_nelbo(module.logits_fn, x0, module.schedule, V, t=t, generator=torch.Generator().manual_seed(3))
+    g_full = torch.autograd.grad(full, list(net.parameters()), allow_unused=True)
+    fast = masked_nelbo(module.logits_fn, x0, module.schedule, V, t=t, generator=torch.Generator().manual_seed(3),
+                        logits_at=module.logits_at)
+    g_fast = torch.autograd.grad(fast, list(net.parameters()), allow_unused=True)
+    assert torch.allclose(full, fast, rtol=1e-12)
+    for a, b in zip(g_full, g_fast):
+        assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    per_example = [masked_nelbo(module.logits_fn, x0, module.schedule, V, t=t, reduce=False,
+                                generator=torch.Generator().manual_seed(3), **kw) for kw in ({}, {"logits_at":
+                                                                                           module.logits_at})]
+    assert per_example[0].shape == (3,) and torch.allclose(per_example[0], per_example[1], rtol=1e-12)
+    assert torch.allclose(module.compute_loss(x0, generator=torch.Generator().manual_seed(9)),
+                          masked_nelbo(module.logits_fn, x0, module.schedule, V,
+                                       generator=torch.Generator().manual_seed(9)), rtol=1e-12)
+    with pytest.raises(ValueError, match="one row per selected position"):
+        masked_nelbo(module.logits_fn, x0, module.schedule, V, t=t, logits_at=lambda z, tt, sel: net(z))
+    with pytest.raises(ValueError, match="positions must be a bool mask"):
+        net(x0, positions=torch.ones(3, 5, dtype=torch.bool))

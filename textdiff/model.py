@@ -206,7 +206,8 @@ class TransformerNet(PretrainedMixin, nn.Module):
             n -= self.head.weight.numel()  # already counted above
         return 6.0 * n + 12.0 * self.depth * self.dim * seq_len
 
-    def forward(self, x: Tensor, t: Tensor | None = None, *, cache: KVCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | None = None, *, cache: KVCache | None = None,
+                positions: Tensor | None = None) -> Tensor:
         """Logits (B, T, V + 1) for token ids x (B, T); column V (mask/BOS) is always -inf.
 
         Args:
@@ -214,6 +215,9 @@ class TransformerNet(PretrainedMixin, nn.Module):
             t: diffusion times (B,), used only if the net was built with ``time_conditioning``
                 (and then required); ignored otherwise.
             cache: a ``KVCache`` for incremental causal decoding: x holds the next positions.
+            positions: optional bool (B, T): return logits (N, V + 1) for only these positions, in
+                row-major order. The output projection is most of a small model's cost (V = 50,257), and
+                the masked-diffusion loss needs it only where tokens are masked.
         """
         if x.ndim != 2:
             raise ValueError(f"x must be (batch, length) token ids, got shape {tuple(x.shape)}")
@@ -233,6 +237,10 @@ class TransformerNet(PretrainedMixin, nn.Module):
         if cache is not None:
             cache.pos += n
         h = self.norm(h)
+        if positions is not None:
+            if positions.shape != (b, n):
+                raise ValueError(f"positions must be a bool mask of shape {(b, n)}, got {tuple(positions.shape)}")
+            h = h[positions.to(torch.bool)]
         weight = self.head.weight if self.head is not None else self.embed.weight[: self.vocab_size + 1]
         logits = F.linear(h, weight)
         logits[..., self.mask_id] = float("-inf")  # never predict mask/BOS (SUBS: zero masking probabilities)

@@ -3,7 +3,8 @@
 Both are ``diffcore.lightning.DiffusionModule``s (AdamW with warmup/decay, EMA weights used for
 validation and export, the non-finite loss guard) around the same ``TransformerNet``; they differ
 only in ``compute_loss`` and in the net's attention mask, so trained on the same windows with the
-same recipe they cost the same per step and are compared like for like.
+same recipe they see the same tokens and are compared like for like (the diffusion net runs its output
+layer only at masked positions, so its step costs less).
 
 - ``MaskedDiffusionModule``: the continuous-time NELBO of MDLM (``diffcore.discrete.masked_nelbo``:
   masked-token cross-entropy weighted by -alpha'_t / (1 - alpha_t), SUBS parameterisation,
@@ -122,10 +123,15 @@ class MaskedDiffusionModule(TextModule):
         """``diffcore.discrete``'s ``logits_fn(z_t, t)`` for the training net."""
         return self.run_net(z_t, t if self.net.time_conditioning else None)
 
+    def logits_at(self, z_t: Tensor, t: Tensor, positions: Tensor) -> Tensor:
+        """Logits at the selected positions only (``masked_nelbo``'s ``logits_at``): the output layer runs
+        where the loss needs it, the masked tokens, which saves most of its cost at low mask rates."""
+        return self.run_net(z_t, t if self.net.time_conditioning else None, positions=positions)
+
     def compute_loss(self, batch: Any, generator: torch.Generator | None = None) -> Tensor:
         x0 = batch_tokens(batch)
         return masked_nelbo(self.logits_fn, x0, self.schedule, self.net.mask_id, time_sampling=self.time_sampling,
-                            generator=generator)
+                            generator=generator, logits_at=self.logits_at)
 
     def metadata(self) -> dict[str, Any]:
         return {**super().metadata(), "schedule": self.schedule.config()}

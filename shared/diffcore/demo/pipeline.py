@@ -56,7 +56,7 @@ class Profile:
 
 
 PROFILES = {
-    "full": Profile("full", "small", vocoder_steps=400, vae_steps=300, ldm_steps=300, lm_steps=150, lm_batch_size=8,
+    "full": Profile("full", "small", vocoder_steps=400, vae_steps=300, ldm_steps=300, lm_steps=300, lm_batch_size=8,
                     search_utterances=3, eval_utterances=8, eval_seconds=3.0, vocoder_eval_steps=(6, 50),
                     t2s_captions=24, t2s_steps=25, classifier_epochs=3, text_windows=64, text_samples=8,
                     text_sample_steps=(8, 32, 128), val_batches=4),

@@ -27,7 +27,8 @@ LogitsFn = Callable[[Tensor, Tensor], Tensor]
 def masked_nelbo(logits_fn: LogitsFn, x0: Tensor, schedule: MaskingSchedule, mask_id: int, *,
                  t: Tensor | None = None, time_sampling: TimeSampling = "stratified",
                  generator: torch.Generator | None = None, loss_mask: Tensor | None = None,
-                 fixed: Tensor | None = None, reduce: bool = True) -> Tensor:
+                 fixed: Tensor | None = None, reduce: bool = True,
+                 logits_at: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> Tensor:
     """One-sample Monte-Carlo estimate of the masked-diffusion NELBO, in nats per token.
 
     Draws t (``diffcore.losses.sample_t``, t in [1e-5, 1]) and z_t ~ q(z_t | x0), evaluates
@@ -44,6 +45,10 @@ def masked_nelbo(logits_fn: LogitsFn, x0: Tensor, schedule: MaskingSchedule, mas
             LLaDA's supervised fine-tuning); the bound is then on the rest given them.
         reduce: if True, the token-weighted mean over the batch (total weighted NLL / total loss
             positions, MDLM's convention); otherwise the per-example per-token values (B,).
+        logits_at: optional ``logits_at(z_t, t, positions)`` returning logits (N, V) for only the
+            positions where ``positions`` (bool (B, L)) is True, in row-major order. Used instead of
+            ``logits_fn`` when given: the same value, but the network's output layer and the softmax
+            run only at the masked loss positions (under SUBS every other position contributes 0).
     """
     check_mask_id(mask_id)
     if x0.ndim != 2:
@@ -65,12 +70,27 @@ def masked_nelbo(logits_fn: LogitsFn, x0: Tensor, schedule: MaskingSchedule, mas
     if bool(((x0 == mask_id) & counted).any()):
         raise ValueError("x0 contains mask_id at a loss position")
 
-    logp = subs_log_probs(logits_fn(z_t, t.to(torch.float32)), z_t, mask_id)
-    nll = -logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # (B, L)
     active = (z_t == mask_id) & counted  # unmasked positions have nll = 0 under SUBS anyway
-    nll_sum = torch.where(active, nll, torch.zeros_like(nll)).sum(1)
-    weighted = schedule.weight(t64).to(nll.dtype) * nll_sum  # (B,)
-    n_tokens = counted.sum(1).to(nll.dtype)
+    if logits_at is None:
+        logp = subs_log_probs(logits_fn(z_t, t.to(torch.float32)), z_t, mask_id)
+        nll = -logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # (B, L)
+        nll_sum = torch.where(active, nll, torch.zeros_like(nll)).sum(1)
+    else:
+        logits = logits_at(z_t, t.to(torch.float32), active)
+        n_active = int(active.sum())
+        if logits.ndim != 2 or logits.shape[0] != n_active:
+            raise ValueError(f"logits_at returned shape {tuple(logits.shape)}; expected ({n_active}, vocab): "
+                             "one row per selected position")
+        check_mask_id(mask_id, logits.shape[-1])
+        if logits.dtype not in (torch.float32, torch.float64):
+            logits = logits.float()
+        is_mask_col = torch.arange(logits.shape[-1], device=logits.device) == mask_id
+        logp = torch.log_softmax(logits.masked_fill(is_mask_col, -torch.inf), dim=-1)  # SUBS at masked positions
+        nll_active = -logp.gather(-1, x0[active].unsqueeze(-1)).squeeze(-1)
+        rows = active.nonzero()[:, 0]
+        nll_sum = torch.zeros(b, dtype=logp.dtype, device=x0.device).index_add(0, rows, nll_active)
+    weighted = schedule.weight(t64).to(nll_sum.dtype) * nll_sum  # (B,)
+    n_tokens = counted.sum(1).to(nll_sum.dtype)
     if reduce:
         return weighted.sum() / n_tokens.sum().clamp(min=1)
     return weighted / n_tokens.clamp(min=1)

@@ -36,7 +36,7 @@ import numpy as np
 
 from diffcore.data import MissingDependencyError
 
-from .procedural import check_spec
+from .procedural import check_spec, sample_spec
 
 DEFAULT_SOUNDFONT = os.environ.get("AUDIODIFF_SOUNDFONT", "/usr/share/sounds/sf2/FluidR3_GM.sf2")
 SYSTEM_FIX = "apt-get install fluidsynth fluid-soundfont-gm"
@@ -194,13 +194,7 @@ _held_out = held_out  # sample_note_spec's argument shadows the function's name
 def sample_note_spec(rng: np.random.Generator, held_out: bool | None = False, seconds: float = 3.0) -> NoteSpec:
     """Draw a random spec: ``held_out=False`` (default, for training) never returns a held-out combination,
     ``True`` always does (one of ``HELD_OUT``, other attributes free), ``None`` draws from everything."""
-    while True:
-        labels = {name: values[rng.integers(len(values))] for name, values in CATEGORIES.items()}
-        if held_out:
-            labels.update(HELD_OUT[rng.integers(len(HELD_OUT))])
-        spec = make_note_spec(rng, seconds=seconds, **labels)  # type: ignore[arg-type]
-        if held_out is None or _held_out(spec) == held_out:
-            return spec
+    return sample_spec(rng, CATEGORIES, HELD_OUT, make_note_spec, _held_out, held_out, seconds)
 
 
 def load_fluidsynth(soundfont: str = DEFAULT_SOUNDFONT) -> ModuleType:

@@ -23,8 +23,9 @@ Synthesis choices, each made so the audio cannot contradict its label:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -171,6 +172,22 @@ def make_event_spec(rng: np.random.Generator, *, count: int, duration: str, pitc
 _held_out = held_out  # sample_event_spec's argument shadows the function's name
 
 
+def sample_spec(rng: np.random.Generator, categories: dict[str, tuple[object, ...]],
+                held_out_combos: Sequence[dict[str, object]], make: Callable[..., Any],
+                is_held_out: Callable[[Any], bool], which: bool | None, seconds: float) -> Any:
+    """Rejection sampler shared by the procedural and MIDI generators: draw labels uniformly from
+    ``categories`` (with ``which=True``, one of ``held_out_combos`` on top), build ``make(rng, seconds=...,
+    **labels)``, and keep it if ``is_held_out(spec) == which`` (``which=None``: keep anything). Rejection
+    (about a quarter of the draws for training) keeps the distribution uniform over what is left."""
+    while True:
+        labels = {name: values[rng.integers(len(values))] for name, values in categories.items()}
+        if which:
+            labels.update(held_out_combos[rng.integers(len(held_out_combos))])
+        spec = make(rng, seconds=seconds, **labels)
+        if which is None or is_held_out(spec) == which:
+            return spec
+
+
 def sample_event_spec(rng: np.random.Generator, held_out: bool | None = False, seconds: float = 3.0) -> EventSpec:
     """Draw a random spec.
 
@@ -178,14 +195,7 @@ def sample_event_spec(rng: np.random.Generator, held_out: bool | None = False, s
     always does (one of ``HELD_OUT`` chosen uniformly, the other attributes free); ``None`` draws from the
     full product of categories.
     """
-    while True:
-        labels = {name: values[rng.integers(len(values))] for name, values in CATEGORIES.items()}
-        if held_out:
-            labels.update(HELD_OUT[rng.integers(len(HELD_OUT))])
-        spec = make_event_spec(rng, seconds=seconds, **labels)  # type: ignore[arg-type]
-        # Rejection (about a quarter of the draws) keeps the training distribution uniform over what is left.
-        if held_out is None or _held_out(spec) == held_out:
-            return spec
+    return sample_spec(rng, CATEGORIES, HELD_OUT, make_event_spec, _held_out, held_out, seconds)
 
 
 def _partials(timbre: str, frequency: float, sample_rate: float) -> list[tuple[int, float]]:

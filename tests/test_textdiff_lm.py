@@ -434,3 +434,11 @@ def test_nelbo_at_masked_positions_only_equals_the_full_computation():
         masked_nelbo(module.logits_fn, x0, module.schedule, V, t=t, logits_at=lambda z, tt, sel: net(z))
     with pytest.raises(ValueError, match="positions must be a bool mask"):
         net(x0, positions=torch.ones(3, 5, dtype=torch.bool))
+
+
+def test_evaluate_pair_wants_the_diffusion_model_first():
+    from textdiff.evaluate import evaluate_pair
+
+    diff, ar = TextGenerator(make_net(), TOK), TextGenerator(make_net(causal=True), TOK, "ar")
+    with pytest.raises(ValueError, match="masked diffusion model first"):
+        evaluate_pair(ar, diff, None)

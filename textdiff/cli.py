@@ -150,32 +150,23 @@ def _export(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from . import evaluate as ev
-    from .datamodule import TokenDataModule
     from .sampling import TextGenerator
 
     device = _device(args.device)
     diff = TextGenerator.from_pretrained(args.model, device=device)
     ar = TextGenerator.from_pretrained(args.ar, device=device)
-    if diff.kind != "diffusion" or ar.kind != "ar":
-        raise ValueError("--model must be a masked diffusion model and --ar its autoregressive twin")
-    dm = TokenDataModule(args.data, seq_len=diff.net.max_len, batch_size=args.batch_size,
-                         max_eval_windows=args.max_windows, vocab_size=diff.net.vocab_size)
-    windows = [b for b in dm._loader(dm.eval_dataset(args.split), args.batch_size)]
-    res = ev.compare_perplexity(diff.net, ar.net, windows, diff.schedule, n_t=args.n_t, seed=args.seed)
+    out = ev.evaluate_pair(diff, ar, args.data, split=args.split, batch_size=args.batch_size,
+                           max_windows=args.max_windows, n_t=args.n_t, seed=args.seed, samples=args.samples,
+                           steps_list=[int(s) for s in args.steps.split(",")] if args.samples else ())
+    res = out["perplexity"]
     d, a = res["diffusion"], res["ar"]
     print(f"{args.split}: {d['tokens']} tokens in windows of {diff.net.max_len}")
     print(f"  masked diffusion  NELBO <= {d['nll']:.4f} nats/token (MC s.e. {d['se']:.4f}), "
           f"perplexity <= {d['ppl']:.2f}")
     print(f"  AR twin           NLL    = {a['nll']:.4f} nats/token, perplexity = {a['ppl']:.2f}")
     print(f"  gap: the diffusion bound is {res['gap_percent']:+.1f}% above the AR perplexity")
-    out: dict[str, Any] = {"perplexity": res}
-    if args.samples:
-        steps = [int(s) for s in args.steps.split(",")]
-        rows = ev.sample_quality(diff, ar, steps, n=args.samples, seed=args.seed)
-        ref = ev.reference_quality(ar.net, torch.cat(windows)[: args.samples])
-        rows.append({"sampler": "real text", **ref})
-        print(ev.format_table(rows, ["sampler", "steps", "gen_ppl", "entropy", "nfe", "tokens_per_s"]))
-        out["samples"] = rows
+    if "samples" in out:
+        print(ev.format_table(out["samples"], ["sampler", "steps", "gen_ppl", "entropy", "nfe", "tokens_per_s"]))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0

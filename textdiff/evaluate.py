@@ -146,6 +146,29 @@ def sample_quality(diffusion: TextGenerator, ar: TextGenerator, steps_list: Sequ
     return rows
 
 
+def evaluate_pair(diffusion: TextGenerator, ar: TextGenerator, data: str | None, *, split: str = "test",
+                  batch_size: int = 16, max_windows: int | None = None, n_t: int = 4, seed: int = 0,
+                  samples: int = 0, steps_list: Sequence[int] = ()) -> dict[str, Any]:
+    """The evaluation of a masked diffusion model against its AR twin on ``split`` of the token set ``data``
+    (a folder of .bin arrays; None: the built-in set): ``{"perplexity": compare_perplexity(...)}`` and, with
+    ``samples`` > 0, ``"samples"``: ``sample_quality`` rows at ``steps_list`` plus the real text's row."""
+    from .datamodule import TokenDataModule
+
+    if diffusion.kind != "diffusion" or ar.kind != "ar":
+        raise ValueError(f"got a {diffusion.kind!r} and an {ar.kind!r} model: pass the masked diffusion model first "
+                         "and its autoregressive twin second (on the command line: --model and --ar)")
+    dm = TokenDataModule(data, seq_len=diffusion.net.max_len, batch_size=batch_size, max_eval_windows=max_windows,
+                         vocab_size=diffusion.net.vocab_size)
+    windows = list(dm._loader(dm.eval_dataset(split), batch_size))
+    out: dict[str, Any] = {"perplexity": compare_perplexity(diffusion.net, ar.net, windows, diffusion.schedule,
+                                                            n_t=n_t, seed=seed)}
+    if samples:
+        rows = sample_quality(diffusion, ar, steps_list, n=samples, seed=seed)
+        rows.append({"sampler": "real text", **reference_quality(ar.net, torch.cat(windows)[:samples])})
+        out["samples"] = rows
+    return out
+
+
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     """A plain-text table of dict rows (floats with 4 significant digits)."""
     def cell(v: Any) -> str:

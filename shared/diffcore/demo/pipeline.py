@@ -351,23 +351,16 @@ INFILL_TEMPLATE = "The [MASK:6] of the king [MASK:8] and the queen"
 
 
 def eval_text(ctx: Context, d: Path, model: str, ar_model: str, text: str) -> dict[str, Any]:
-    import torch
-
     from textdiff import evaluate as ev
-    from textdiff.datamodule import TokenDataModule
     from textdiff.sampling import TextGenerator
 
     p = ctx.profile
     diff = TextGenerator.from_pretrained(model)
     ar = TextGenerator.from_pretrained(ar_model)
-    dm = TokenDataModule(text, seq_len=diff.net.max_len, batch_size=8, max_eval_windows=p.text_windows,
-                         vocab_size=diff.net.vocab_size)
-    windows = list(dm._loader(dm.eval_dataset("test"), 8))
-    ctx.say(f"[eval_text] perplexity on {sum(len(w) for w in windows)} test windows")
-    ppl = ev.compare_perplexity(diff.net, ar.net, windows, diff.schedule, seed=ctx.seed)
-    ctx.say("[eval_text] sample quality vs steps")
-    rows = ev.sample_quality(diff, ar, p.text_sample_steps, n=p.text_samples, seed=ctx.seed)
-    rows.append({"sampler": "real text", **ev.reference_quality(ar.net, torch.cat(windows)[: p.text_samples])})
+    ctx.say(f"[eval_text] perplexity on at most {p.text_windows} test windows; sample quality vs steps")
+    res = ev.evaluate_pair(diff, ar, text, batch_size=8, max_windows=p.text_windows, seed=ctx.seed,
+                           samples=p.text_samples, steps_list=p.text_sample_steps)
+    ppl, rows = res["perplexity"], res["samples"]
     length = min(64, diff.net.max_len)
     samples = {f"diffusion, {s} steps": diff.sample(1, length=length, steps=s, seed=ctx.seed)[0]
                for s in p.text_sample_steps}

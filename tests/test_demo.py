@@ -117,6 +117,55 @@ def test_interrupted_training_resumes_from_its_checkpoint(smoke, tiny_data_root)
     assert all(int(r["step"]) >= step_at_kill for r in rows if r.get("train/loss"))
 
 
+def _tree_hash(root: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def test_a_trained_vocoder_replaces_the_tiny_one_without_being_touched(smoke, tiny_data_root, tmp_path):
+    """``--vocoder DIR``: the vocoder stage copies DIR instead of training, and only what depends on the
+    vocoder is redone; DIR itself is never written to."""
+    source = tmp_path / "my-vocoder"
+    shutil.copytree(smoke / "vocoder" / "model", source)  # stands in for a GPU-trained one
+    before = _tree_hash(source)
+    out = tmp_path / "run"
+    shutil.copytree(smoke, out)
+    said: list[str] = []
+    res = run_demo(out, profile="smoke", data_root=tiny_data_root, progress=False, threads=1, vocoder=source,
+                   say=said.append)
+    for stage in ("vocoder", "eval_vocoder", "eval_t2s"):
+        assert f"[{stage}] starting" in said, said
+    for stage in ("data", "vae", "t2s", "lm", "lm_ar", "eval_text"):
+        assert any(line.startswith(f"[{stage}] done earlier") for line in said), stage
+    voc = res["vocoder"]
+    assert voc["source"] == str(source.resolve()) and voc["steps"] is None
+    assert voc["search"] is None  # the folder had a 6-step schedule already
+    assert Path(voc["model"]) == out / "vocoder" / "model" and _tree_hash(Path(voc["model"])) == before
+    assert not (out / "vocoder" / "logs").exists() and res["curves"]["vocoder"] == {}
+    assert _tree_hash(source) == before
+    assert "--vocoder" in (out / "report" / "index.html").read_text()
+
+    said.clear()
+    run_demo(out, profile="smoke", data_root=tiny_data_root, progress=False, threads=1, vocoder=source,
+             say=said.append)
+    assert sum(line.endswith("reused; --fresh redoes it") for line in said) == len(STAGES)
+
+
+def test_a_vocoder_that_does_not_fit_is_refused_before_anything_runs(smoke, tmp_path):
+    from audiodiff.mel import MelConfig
+    from audiodiff.vocoder import Vocoder
+
+    voc = Vocoder.from_pretrained(smoke / "vocoder" / "model")
+    Vocoder(voc.net, voc.schedule, MelConfig(f_max=7600.0)).save_pretrained(tmp_path / "other-mel")
+    out = tmp_path / "run"
+    with pytest.raises(DemoError, match="f_max"):
+        run_demo(out, profile="smoke", progress=False, vocoder=tmp_path / "other-mel")
+    (tmp_path / "not-a-model").mkdir()
+    with pytest.raises(DemoError, match="not a vocoder folder"):
+        run_demo(out, profile="smoke", progress=False, vocoder=tmp_path / "not-a-model")
+    assert main(["demo", "--smoke", "--out", out, "--no-progress", "--vocoder", tmp_path / "nowhere"]) == 2
+    assert not out.exists()  # checked before anything was written
+
+
 def test_refuses_a_folder_it_did_not_make(tmp_path):
     (tmp_path / "vocoder").mkdir()
     (tmp_path / "vocoder" / "precious.txt").write_text("mine")

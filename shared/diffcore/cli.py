@@ -35,7 +35,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     try:
         run_demo(args.out, profile="smoke" if args.smoke else "full", fresh=args.fresh, data_root=args.data_root,
-                 recipes=args.recipes, seed=args.seed, threads=args.threads, progress=not args.no_progress)
+                 recipes=args.recipes, seed=args.seed, threads=args.threads, progress=not args.no_progress,
+                 vocoder=args.vocoder)
     except (DemoError, data.MissingDependencyError, data.DataError) as e:
         print(f"diffcore demo: {e}", file=sys.stderr)
         return 2
@@ -168,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--recipes", default=None, help="recipes folder (default: the checkout's recipes/)")
     demo.add_argument("--seed", type=int, default=0, help="seed of data, training and sampling (default 0)")
     demo.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
+    demo.add_argument("--vocoder", default=None, metavar="DIR",
+                      help="a trained vocoder folder (audiodiff export, e.g. from recipes/vocoder/base.yaml on a "
+                           "GPU) to use instead of training the tiny one; it is copied, never modified")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
 

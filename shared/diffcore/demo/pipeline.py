@@ -242,15 +242,9 @@ def _trainer_recipe(ctx: Context) -> Path:
 
 
 def stage_vocoder(ctx: Context, d: Path, speech: str) -> dict[str, Any]:
-    import torch
-
-    from audiodiff.audio import SAMPLE_RATE
     from audiodiff.cli import lightning_cli
-    from audiodiff.data.loaders import AudioClips
     from audiodiff.vocoder import Vocoder
-    from audiodiff.vocoder.inference import update_noise_schedule
     from audiodiff.vocoder.module import export_checkpoint
-    from audiodiff.vocoder.search import search_schedule
 
     p = ctx.profile
     ckpt = train(d, lightning_cli, [_trainer_recipe(ctx), ctx.recipe("vocoder", "tiny.yaml")],
@@ -258,15 +252,61 @@ def stage_vocoder(ctx: Context, d: Path, speech: str) -> dict[str, Any]:
                  p.vocoder_steps, p.val_batches, ctx.progress)
     model = export_checkpoint(ckpt, d / "model")
     vocoder = Vocoder.from_pretrained(model)
+    search = _search_six_steps(ctx, vocoder, model, speech)
+    return {"model": str(model), "params": sum(x.numel() for x in vocoder.net.parameters()),
+            "steps": p.vocoder_steps, "search": search}
+
+
+def check_vocoder_dir(path: Path) -> str:
+    """Check that ``path`` holds a saved vocoder the demo can use (it loads, and its mel front end is the
+    project's default, which the demo's data and mel VAE use); returns a hash of its files' contents."""
+    from audiodiff.mel import MelConfig, MelConfigMismatchError
+    from audiodiff.vocoder import Vocoder
+
+    try:
+        Vocoder.from_pretrained(path, expected_mel=MelConfig(), what="the demo's data and mel VAE")
+    except MelConfigMismatchError as e:
+        raise DemoError(f"--vocoder {path}: {e}") from e
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise DemoError(f"--vocoder {path} is not a vocoder folder written by `audiodiff export` or "
+                        f"Vocoder.save_pretrained ({e})") from e
+    h = hashlib.sha256()
+    for f in sorted(x for x in path.rglob("*") if x.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def stage_pretrained_vocoder(ctx: Context, d: Path, source: Path, speech: str) -> dict[str, Any]:
+    """Use a vocoder trained elsewhere (e.g. the GPU recipe): a copy goes into the stage folder, so the
+    user's folder is never written to, and a 6-step schedule is searched for the copy if it has none."""
+    from audiodiff.vocoder import Vocoder
+
+    model = d / "model"
+    shutil.copytree(source, model)
+    vocoder = Vocoder.from_pretrained(model)
+    search = None
+    if 6 not in vocoder.noise_schedules:
+        search = _search_six_steps(ctx, vocoder, model, speech)
+    return {"model": str(model), "source": str(source), "params": sum(x.numel() for x in vocoder.net.parameters()),
+            "steps": None, "search": search}
+
+
+def _search_six_steps(ctx: Context, vocoder: Any, model: Path, speech: str) -> dict[str, Any]:
+    """Search a 6-step schedule on validation utterances and store it as the exported model's default."""
+    import torch
+
+    from audiodiff.audio import SAMPLE_RATE
+    from audiodiff.data.loaders import AudioClips
+    from audiodiff.vocoder.inference import update_noise_schedule
+    from audiodiff.vocoder.search import search_schedule
+
     clips = AudioClips(speech, split="validation", sample_rate=SAMPLE_RATE, resample=True)
-    audios = [torch.as_tensor(clips[i]["audio"])[: int(2.0 * SAMPLE_RATE)]
-              for i in range(min(p.search_utterances, len(clips)))]
+    n = min(ctx.profile.search_utterances, len(clips))
+    audios = [torch.as_tensor(clips[i]["audio"])[: int(2.0 * SAMPLE_RATE)] for i in range(n)]
     ctx.say(f"[vocoder] searching a 6-step noise schedule on {len(audios)} validation utterance(s)")
     result = search_schedule(vocoder, audios, 6, seed=ctx.seed, rounds=1)
     update_noise_schedule(model, result.betas, make_default=True)
-    return {"model": str(model), "params": sum(x.numel() for x in vocoder.net.parameters()),
-            "steps": p.vocoder_steps, "search": {"betas": list(result.betas), "objective": result.objective,
-                                                 "baselines": result.baselines}}
+    return {"betas": list(result.betas), "objective": result.objective, "baselines": result.baselines}
 
 
 def stage_vae(ctx: Context, d: Path, sounds: str) -> dict[str, Any]:
@@ -378,9 +418,13 @@ def eval_text(ctx: Context, d: Path, model: str, ar_model: str, text: str) -> di
 
 def run_demo(out: str | os.PathLike = "runs/demo", *, profile: str | Profile = "full", fresh: bool = False,
              data_root: str | os.PathLike | None = None, recipes: str | os.PathLike | None = None, seed: int = 0,
-             threads: int | None = None, progress: bool = True,
+             threads: int | None = None, progress: bool = True, vocoder: str | os.PathLike | None = None,
              say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) the whole job into ``out`` and return ``results.json``'s content (see the package doc)."""
+    """Run (or resume) the whole job into ``out`` and return ``results.json``'s content (see the package doc).
+
+    ``vocoder``: a saved vocoder folder (e.g. from the GPU recipe) used instead of training the tiny one; it
+    is copied into the output folder, never written to.
+    """
     import torch
 
     from .report import headline, write_report
@@ -388,6 +432,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, profile: str | Profile = "
     prof = PROFILES[profile] if isinstance(profile, str) else profile
     talk = say or (lambda s: print(s, file=sys.stderr, flush=True))
     out = Path(out)
+    source = Path(vocoder).resolve() if vocoder is not None else None
+    source_hash = check_vocoder_dir(source) if source is not None else None  # before anything is written
     stages = Stages(out, fresh, talk)
     ctx = Context(prof, Path(recipes) if recipes else default_recipes(), Path(data_root) if data_root else None,
                   seed, progress, talk)
@@ -406,9 +452,14 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, profile: str | Profile = "
     data = stages.run("data", {**settings("data_size"), "data_root": str(data_root)}, [],
                       lambda d: stage_data(ctx, d, force=fresh))["result"]
     speech, sounds, text = (data[k]["path"] for k in ("speech", "sounds", "text"))
-    voc = stages.run("vocoder", settings("vocoder_steps", "search_utterances", "val_batches",
-                                         recipes=[trainer, ("vocoder", "tiny.yaml")]), ["data"],
-                     lambda d: stage_vocoder(ctx, d, speech))["result"]
+    if source is None:
+        voc = stages.run("vocoder", settings("vocoder_steps", "search_utterances", "val_batches",
+                                             recipes=[trainer, ("vocoder", "tiny.yaml")]), ["data"],
+                         lambda d: stage_vocoder(ctx, d, speech))["result"]
+    else:
+        voc = stages.run("vocoder", {**settings("search_utterances"), "pretrained": str(source),
+                                     "content": source_hash}, ["data"],
+                         lambda d: stage_pretrained_vocoder(ctx, d, source, speech))["result"]
     vae = stages.run("vae", settings("vae_steps", "val_batches", recipes=[trainer, ("t2s", "vae_tiny.yaml")]),
                      ["data"], lambda d: stage_vae(ctx, d, sounds))["result"]
     ev_voc = stages.run("eval_vocoder", settings("eval_utterances", "eval_seconds", "vocoder_eval_steps"),

@@ -140,13 +140,21 @@ def _system_name(row: dict[str, Any]) -> str:
     return row["system"].replace("_", " ") + (f" ({row['steps']} steps)" if row.get("steps") else "")
 
 
+def _vocoder_origin(voc: dict[str, Any]) -> str:
+    if voc.get("source"):
+        return (f"WaveGrad ({voc['params']:,} parameters) trained elsewhere, loaded from "
+                f"<code>{_esc(voc['source'])}</code> (<code>--vocoder</code>)")
+    return (f"WaveGrad <code>tiny</code> ({voc['params']:,} parameters), {voc['steps']:,} training steps on the "
+            "speech set")
+
+
 def vocoder_section(results: dict[str, Any], media: Media) -> str:
     voc = results["vocoder"]
     ev = voc["eval"]
     rows = [[_text(_system_name(r)), *[r[f"{m}_mean"] for m, _ in VOCODER_METRICS], r["rtf"]] for r in ev["rows"]]
     parts = ["<section id='speech'><h2>Speech: WaveGrad vocoder</h2>",
-             f"<p>WaveGrad <code>tiny</code> ({voc['params']:,} parameters), {voc['steps']:,} training steps on "
-             "the speech set; evaluated on the <b>test</b> split, whose speakers never appear in training. "
+             f"<p>{_vocoder_origin(voc)}; evaluated on the <b>test</b> split, whose speakers never appear in "
+             "training. "
              "Griffin-Lim from the same mel is the no-learning floor, the ground truth the ceiling. "
              "RTF: seconds of compute per second of audio.</p>",
              _table(["system", *[h for _, h in VOCODER_METRICS], "RTF"], rows,
@@ -211,7 +219,8 @@ def _backend_note(b: dict[str, Any] | None) -> str:
     if b["name"] == "vocoder":
         return f"<p>Audio comes from our WaveGrad vocoder: {why}.</p>"
     return (f"<p>Audio comes from Griffin-Lim, not our vocoder: {why}, so the vocoder would have hidden what "
-            "the denoiser learned. With a trained vocoder (the GPU recipe) the pipeline uses it.</p>")
+            "the denoiser learned. With a trained vocoder (the GPU recipe, passed as <code>--vocoder DIR</code>) "
+            "the pipeline uses it.</p>")
 
 
 def text_section(results: dict[str, Any]) -> str:

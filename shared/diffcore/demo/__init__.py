@@ -5,7 +5,8 @@ Stages (each one's output lives in ``<out>/<stage>/``, and a stage whose inputs 
 when the command runs again; ``--fresh`` redoes them):
 
     data      speech, sounds, text (``diffcore.data.build``; in the data cache, shared with other runs)
-    vocoder   WaveGrad, recipes/vocoder/tiny.yaml, then a searched 6-step schedule
+    vocoder   WaveGrad, recipes/vocoder/tiny.yaml, then a searched 6-step schedule (``--vocoder DIR``:
+              a copy of a vocoder trained elsewhere instead)
     vae       mel VAE, recipes/t2s/vae_tiny.yaml, exported with its measured latent scale
     t2s       latent diffusion, recipes/t2s/ldm_tiny.yaml, exported as a pipeline with the vocoder
     lm, lm_ar masked diffusion LM and its autoregressive twin, recipes/textdiff/tiny{,_ar}.yaml

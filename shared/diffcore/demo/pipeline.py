@@ -282,6 +282,8 @@ def stage_pretrained_vocoder(ctx: Context, d: Path, source: Path, speech: str) -
     from audiodiff.vocoder import Vocoder
 
     model = d / "model"
+    if model.exists():  # a copy interrupted half-way
+        shutil.rmtree(model)
     shutil.copytree(source, model)
     vocoder = Vocoder.from_pretrained(model)
     search = None

@@ -32,6 +32,21 @@ def need_system() -> Callable[[Callable[[], object]], None]:
 
 
 @pytest.fixture(scope="session")
+def loss_recorder() -> type:
+    """A Lightning callback class whose instances record every training step's loss in ``.losses``."""
+    from lightning.pytorch.callbacks import Callback
+
+    class LossRecorder(Callback):
+        def __init__(self):
+            self.losses: list[float] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.losses.append(float(outputs["loss"]))
+
+    return LossRecorder
+
+
+@pytest.fixture(scope="session")
 def tiny_data_root(tmp_path_factory):
     """One folder for the tiny built-in sets of the whole session (the demo's smoke run reuses them)."""
     return tmp_path_factory.mktemp("data")

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from audiodiff.t2s import AudioPipeline, LatentDiffusionModule, MelVAE, VAEModule, export_pipeline, export_vae
 from audiodiff.t2s.cli import fit
@@ -44,16 +43,8 @@ def write_folder(root: Path) -> Path:
     return root
 
 
-class Losses(Callback):
-    def __init__(self):
-        self.values: list[float] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.values.append(float(outputs["loss"]))
-
-
 @pytest.fixture(scope="module")
-def trained_vae(tmp_path_factory):
+def trained_vae(tmp_path_factory, loss_recorder):
     torch.manual_seed(0)
     tmp = tmp_path_factory.mktemp("t2s")
     data = write_folder(tmp / "data")
@@ -65,12 +56,12 @@ def trained_vae(tmp_path_factory):
                "--trainer.max_steps", "60", "--trainer.val_check_interval", "60",
                "--trainer.default_root_dir", str(tmp / "vae_run")], run=False)
     assert isinstance(cli.model, VAEModule) and isinstance(cli.model.net, MelVAE)
-    losses = Losses()
+    losses = loss_recorder()
     cli.trainer.callbacks.append(losses)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     ckpt = tmp / "vae.ckpt"
     cli.trainer.save_checkpoint(ckpt)
-    return {"tmp": tmp, "data": data, "cli": cli, "losses": losses.values, "ckpt": ckpt}
+    return {"tmp": tmp, "data": data, "cli": cli, "losses": losses.losses, "ckpt": ckpt}
 
 
 def test_vae_recipe_overfits_and_measures_its_statistics(trained_vae):

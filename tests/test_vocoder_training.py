@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from audiodiff import testing
 from audiodiff.cli import lightning_cli, main
@@ -42,16 +41,8 @@ def write_audiofolder(root: Path) -> Path:
     return root
 
 
-class LossRecorder(Callback):
-    def __init__(self):
-        self.losses: list[float] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.losses.append(float(outputs["loss"]))
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, loss_recorder):
     torch.manual_seed(0)
     tmp = tmp_path_factory.mktemp("vocoder")
     data = write_audiofolder(tmp / "data")
@@ -71,7 +62,7 @@ def trained(tmp_path_factory):
     ref = torch.from_numpy(speechlike(1.0, 120, 0))
     mel = before.mel(ref)
     d_before = float((before.mel(before(mel, 6, seed=0)) - mel).abs().mean())
-    recorder = LossRecorder()
+    recorder = loss_recorder()
     cli.trainer.callbacks.append(recorder)
     cli.trainer.fit(cli.model, cli.datamodule)
     ckpt = next((tmp / "run").rglob("last.ckpt"))

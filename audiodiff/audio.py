@@ -55,14 +55,12 @@ def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int = SAMP
 
 
 def resample(wave: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Band-limited resampling (torchaudio's windowed sinc), deterministic on CPU."""
+    """Band-limited resampling of a 1-D wave (libsoxr, high quality), deterministic on CPU."""
     if orig_sr == target_sr:
         return np.asarray(wave, dtype=np.float32)
-    import torch
-    import torchaudio.functional as AF
+    import soxr
 
-    x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
-    return AF.resample(x, orig_sr, target_sr).numpy()
+    return soxr.resample(np.ascontiguousarray(wave, dtype=np.float32), orig_sr, target_sr, quality="HQ")
 
 
 def normalize_peak(wave: np.ndarray, peak: float = 0.9) -> np.ndarray:

@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-import torchaudio.functional as AF
 from torch import Tensor, nn
 
 Compression = Literal["ln", "log10"]
@@ -140,11 +139,41 @@ def _window(config: MelConfig) -> Tensor:
     return fn(config.win_length)
 
 
+def _hz_to_mel(f: Tensor, scale: str) -> Tensor:
+    if scale == "htk":
+        return 2595.0 * torch.log10(1.0 + f / 700.0)
+    # Slaney: linear below 1 kHz (200/3 Hz per mel), logarithmic above (27 mels per factor 6.4)
+    lin = f / (200.0 / 3.0)
+    return torch.where(f >= 1000.0, 15.0 + torch.log(f.clamp(min=1000.0) / 1000.0) * (27.0 / math.log(6.4)), lin)
+
+
+def _mel_to_hz(m: Tensor, scale: str) -> Tensor:
+    if scale == "htk":
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+    lin = m * (200.0 / 3.0)
+    return torch.where(m >= 15.0, 1000.0 * torch.exp((m - 15.0) * (math.log(6.4) / 27.0)), lin)
+
+
 def mel_filterbank(config: MelConfig) -> Tensor:
-    """Mel filter matrix (n_mels, n_fft // 2 + 1), identical to librosa.filters.mel for slaney settings."""
-    fb = AF.melscale_fbanks(config.n_fft // 2 + 1, config.f_min, config.f_max, config.n_mels, config.sample_rate,
-                            norm=config.filter_norm, mel_scale=config.mel_scale)
-    return fb.T.contiguous()
+    """Mel filter matrix (n_mels, n_fft // 2 + 1) of triangles evenly spaced on the mel scale.
+
+    Built in float64, returned in float32; with the default (Slaney) settings it equals
+    ``librosa.filters.mel`` (tests/test_mel.py checks it against librosa for both scales and norms).
+    """
+    if config.mel_scale not in ("slaney", "htk"):
+        raise ValueError(f"unknown mel_scale {config.mel_scale!r}; choose slaney or htk")
+    if config.filter_norm not in ("slaney", None):
+        raise ValueError(f"unknown filter_norm {config.filter_norm!r}; choose 'slaney' or None")
+    fft_hz = torch.linspace(0.0, config.sample_rate / 2, config.n_fft // 2 + 1, dtype=torch.float64)
+    lo, hi = (_hz_to_mel(torch.tensor(f, dtype=torch.float64), config.mel_scale) for f in (config.f_min, config.f_max))
+    edges = _mel_to_hz(torch.linspace(float(lo), float(hi), config.n_mels + 2, dtype=torch.float64), config.mel_scale)
+    left, centre, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (fft_hz - left) / (centre - left)
+    falling = (right - fft_hz) / (right - centre)
+    fb = torch.minimum(rising, falling).clamp(min=0.0)
+    if config.filter_norm == "slaney":
+        fb = fb * (2.0 / (right - left))  # equal area per band
+    return fb.float().contiguous()
 
 
 class MelSpectrogram(nn.Module):

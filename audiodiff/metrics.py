@@ -19,9 +19,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torchaudio.functional as AF
 from torch import Tensor
 
+from .audio import resample
 from .mel import MelConfig, MelSpectrogram
 
 MR_STFT_RESOLUTIONS: tuple[tuple[int, int, int], ...] = ((512, 128, 512), (1024, 256, 1024), (2048, 512, 2048))
@@ -68,7 +68,7 @@ def pesq_wb(ref: Tensor | np.ndarray, est: Tensor | np.ndarray, sample_rate: int
     if float(e.abs().max()) == 0:  # pesq divides by the peak: score a silent output as faint noise instead
         e = 1e-6 * torch.randn(e.shape, generator=torch.Generator().manual_seed(0))
     if sample_rate != 16000:
-        r, e = AF.resample(r, sample_rate, 16000), AF.resample(e, sample_rate, 16000)
+        r, e = (torch.from_numpy(resample(w.numpy(), sample_rate, 16000)) for w in (r, e))
     try:
         return float(pesq(16000, r.double().numpy(), e.double().numpy(), "wb"))
     except Exception:  # pesq raises NoUtterancesError / BufferTooShortError for silent or too-short input

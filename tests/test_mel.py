@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from audiodiff import testing
-from audiodiff.mel import MelConfig, MelConfigMismatchError, MelSpectrogram, griffin_lim, mel_image, write_png
+from audiodiff.mel import (
+    MelConfig,
+    MelConfigMismatchError,
+    MelSpectrogram,
+    griffin_lim,
+    mel_filterbank,
+    mel_image,
+    write_png,
+)
 
 SR = 22050
 
@@ -59,6 +67,21 @@ def test_pure_tone_peaks_in_its_band(freq):
     assert band == int(np.abs(centres - freq).argmin())
     lo, hi = centres[max(band - 1, 0)], centres[min(band + 1, cfg.n_mels - 1)]
     assert lo <= freq <= hi
+
+
+@pytest.mark.parametrize("scale", ["slaney", "htk"])
+@pytest.mark.parametrize("norm", ["slaney", None])
+@pytest.mark.parametrize("rate,n_fft,n_mels,f_min,f_max",
+                         [(22050, 1024, 80, 0.0, 8000.0), (16000, 512, 64, 50.0, 7600.0)])
+def test_filterbank_matches_librosa(scale, norm, rate, n_fft, n_mels, f_min, f_max):
+    librosa = pytest.importorskip("librosa")
+    c = MelConfig(sample_rate=rate, n_fft=n_fft, hop_length=n_fft // 4, win_length=n_fft, n_mels=n_mels,
+                  f_min=f_min, f_max=f_max, mel_scale=scale, filter_norm=norm)
+    ref = librosa.filters.mel(sr=rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max, htk=scale == "htk",
+                              norm=norm)
+    ours = mel_filterbank(c).numpy()
+    assert ours.shape == ref.shape and ours.dtype == np.float32
+    assert np.abs(ours - ref).max() < 1e-6 * ref.max()
 
 
 def test_matches_librosa_hifigan_style_mel():

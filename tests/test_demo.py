@@ -117,7 +117,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(smoke, tiny_data_root)
     assert all(int(r["step"]) >= step_at_kill for r in rows if r.get("train/loss"))
 
 
-def _tree_hash(root: Path) -> dict[str, bytes]:
+def _tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
 
 
@@ -126,7 +126,7 @@ def test_a_trained_vocoder_replaces_the_tiny_one_without_being_touched(smoke, ti
     vocoder is redone; DIR itself is never written to."""
     source = tmp_path / "my-vocoder"
     shutil.copytree(smoke / "vocoder" / "model", source)  # stands in for a GPU-trained one
-    before = _tree_hash(source)
+    before = _tree_bytes(source)
     out = tmp_path / "run"
     shutil.copytree(smoke, out)
     said: list[str] = []
@@ -139,9 +139,9 @@ def test_a_trained_vocoder_replaces_the_tiny_one_without_being_touched(smoke, ti
     voc = res["vocoder"]
     assert voc["source"] == str(source.resolve()) and voc["steps"] is None
     assert voc["search"] is None  # the folder had a 6-step schedule already
-    assert Path(voc["model"]) == out / "vocoder" / "model" and _tree_hash(Path(voc["model"])) == before
+    assert Path(voc["model"]) == out / "vocoder" / "model" and _tree_bytes(Path(voc["model"])) == before
     assert not (out / "vocoder" / "logs").exists() and res["curves"]["vocoder"] == {}
-    assert _tree_hash(source) == before
+    assert _tree_bytes(source) == before
     assert "--vocoder" in (out / "report" / "index.html").read_text()
 
     said.clear()

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..losses import TimeSampling, sample_t
-from .process import check_mask_id, mask_tokens, subs_log_probs
+from .process import check_mask_id, mask_tokens, masked_position_log_probs, subs_log_probs
 from .schedules import MaskingSchedule
 
 LogitsFn = Callable[[Tensor, Tensor], Tensor]
@@ -81,11 +81,7 @@ def masked_nelbo(logits_fn: LogitsFn, x0: Tensor, schedule: MaskingSchedule, mas
         if logits.ndim != 2 or logits.shape[0] != n_active:
             raise ValueError(f"logits_at returned shape {tuple(logits.shape)}; expected ({n_active}, vocab): "
                              "one row per selected position")
-        check_mask_id(mask_id, logits.shape[-1])
-        if logits.dtype not in (torch.float32, torch.float64):
-            logits = logits.float()
-        is_mask_col = torch.arange(logits.shape[-1], device=logits.device) == mask_id
-        logp = torch.log_softmax(logits.masked_fill(is_mask_col, -torch.inf), dim=-1)  # SUBS at masked positions
+        logp = masked_position_log_probs(logits, mask_id)
         nll_active = -logp.gather(-1, x0[active].unsqueeze(-1)).squeeze(-1)
         rows = active.nonzero()[:, 0]
         nll_sum = torch.zeros(b, dtype=logp.dtype, device=x0.device).index_add(0, rows, nll_active)

@@ -49,6 +49,17 @@ def mask_tokens(x0: Tensor, alpha_t: Tensor | float, mask_id: int, generator: to
     return torch.where(keep, x0, torch.full_like(x0, mask_id))
 
 
+def masked_position_log_probs(logits: Tensor, mask_id: int) -> Tensor:
+    """SUBS at masked positions (its rule 1 alone): log-softmax of ``logits`` (..., V) with the mask token's
+    logit set to -inf, in float32 (or float64 if given float64)."""
+    vocab = logits.shape[-1]
+    check_mask_id(mask_id, vocab)
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
+    is_mask_col = torch.arange(vocab, device=logits.device) == mask_id
+    return torch.log_softmax(logits.masked_fill(is_mask_col, -torch.inf), dim=-1)
+
+
 def subs_log_probs(logits: Tensor, z_t: Tensor, mask_id: int) -> Tensor:
     """MDLM's SUBS parameterisation (Sahoo et al. 2024) of the x0 distribution.
 
@@ -64,11 +75,7 @@ def subs_log_probs(logits: Tensor, z_t: Tensor, mask_id: int) -> Tensor:
         log p_theta(x0 | z_t) of shape (B, L, V).
     """
     vocab = logits.shape[-1]
-    check_mask_id(mask_id, vocab)
-    if logits.dtype not in (torch.float32, torch.float64):
-        logits = logits.float()
-    is_mask_col = torch.arange(vocab, device=logits.device) == mask_id
-    logp = torch.log_softmax(logits.masked_fill(is_mask_col, -torch.inf), dim=-1)
+    logp = masked_position_log_probs(logits, mask_id)
     unmasked = (z_t != mask_id).unsqueeze(-1)
     copy = torch.full_like(logp, -torch.inf).scatter_(-1, z_t.clamp(0, vocab - 1).unsqueeze(-1), 0.0)
     return torch.where(unmasked, copy, logp)

@@ -31,10 +31,13 @@ if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.a
     sys.path.pop(0)
 
 from textdiff import evaluate as ev  # noqa: E402
-from textdiff.datamodule import TokenDataModule  # noqa: E402
+from textdiff.inference import TextGenerator  # noqa: E402
 from textdiff.model import TransformerNet  # noqa: E402
-from textdiff.modules import ARModule, MaskedDiffusionModule  # noqa: E402
-from textdiff.sampling import TextGenerator  # noqa: E402
+from textdiff.module import (  # noqa: E402
+    ARModule,
+    MaskedDiffusionModule,
+    TokenDataModule,  # noqa: E402
+)
 
 # dense bf16 tensor-core peaks (FLOP/s) by device name, for MFU
 PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}

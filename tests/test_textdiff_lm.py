@@ -17,8 +17,7 @@ import torch
 import yaml
 
 from diffcore.discrete import LogLinearMasking, mask_tokens, masked_nelbo, subs_log_probs
-from textdiff import cli, sampling
-from textdiff.datamodule import ContiguousWindows, RandomWindows, TokenDataModule
+from textdiff import cli, inference
 from textdiff.evaluate import (
     ar_perplexity,
     compare_perplexity,
@@ -27,9 +26,9 @@ from textdiff.evaluate import (
     sample_quality,
     unigram_entropy,
 )
+from textdiff.inference import TextGenerator, parse_infill, prompt_canvas, sample_autoregressive
 from textdiff.model import KVCache, TransformerNet
-from textdiff.modules import ARModule, MaskedDiffusionModule, ar_nll
-from textdiff.sampling import TextGenerator, parse_infill, prompt_canvas, sample_autoregressive
+from textdiff.module import ARModule, ContiguousWindows, MaskedDiffusionModule, RandomWindows, TokenDataModule, ar_nll
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*does not have many workers", "ignore:.*LeafSpec.*is deprecated",
                                         "ignore:.*is smaller than the logging", "ignore:The dirpath has changed",
@@ -170,7 +169,7 @@ def test_save_and_from_pretrained_round_trip_gives_identical_logits(tmp_path):
     gen = TextGenerator(make_net(tie_weights=False), TOK, schedule=LogLinearMasking(eps=1e-2))
     gen.save_pretrained(tmp_path / "m")
     back = TextGenerator.from_pretrained(tmp_path / "m",
-                                         tokenizer=CharTokenizer.from_dir(tmp_path / "m" / sampling.TOKENIZER_DIR))
+                                         tokenizer=CharTokenizer.from_dir(tmp_path / "m" / inference.TOKENIZER_DIR))
     x = rand_tokens(2, 10)
     assert torch.equal(gen.net(x), back.net(x)) and back.kind == "diffusion"
     assert back.schedule.config() == {"name": "loglinear", "eps": 1e-2}
@@ -197,9 +196,9 @@ def test_prefix_is_kept_and_seeds_reproduce_samples():
 
 def test_text_ends_at_the_first_generated_end_of_text():
     eot = TOK.eot_id
-    assert sampling.trim_at_eot([1, 2, eot, 3, eot], eot, 1, False) == [1, 2]
-    assert sampling.trim_at_eot([eot, eot, 4, 5, eot, 6], eot, 0, True) == [4, 5]  # an opening eot is skipped
-    assert sampling.trim_at_eot([eot, 7, eot, 8], eot, 1, False) == [eot, 7]  # only after the prompt
+    assert inference.trim_at_eot([1, 2, eot, 3, eot], eot, 1, False) == [1, 2]
+    assert inference.trim_at_eot([eot, eot, 4, 5, eot, 6], eot, 0, True) == [4, 5]  # an opening eot is skipped
+    assert inference.trim_at_eot([eot, 7, eot, 8], eot, 1, False) == [eot, 7]  # only after the prompt
 
 
 def test_infilling_never_changes_fixed_positions_and_forbids_eot_inside():
@@ -382,7 +381,7 @@ def test_checkpoint_resume_export_and_cli(overfit_data, tmp_path, monkeypatch, c
     assert app2.trainer.global_step == 5 and app2.datamodule.restarts == 1 and app2.model.ema.num_updates == 5
 
     # export: the EMA weights, the schedule and the run's tokenizer, loadable with from_pretrained
-    monkeypatch.setattr(sampling, "load_tokenizer", CharTokenizer.from_dir)
+    monkeypatch.setattr(inference, "load_tokenizer", CharTokenizer.from_dir)
     assert cli.main(["export", str(last), str(tmp_path / "model")]) == 0
     gen = TextGenerator.from_pretrained(tmp_path / "model")
     with app.model.ema_weights():

@@ -46,8 +46,7 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True):
     """The LightningCLI over ``TextModule`` subclasses and ``TokenDataModule`` (testable with run=False)."""
     from lightning.pytorch.cli import LightningCLI
 
-    from .datamodule import TokenDataModule
-    from .modules import TextModule
+    from .module import TextModule, TokenDataModule
 
     return LightningCLI(TextModule, TokenDataModule, subclass_mode_model=True, args=args, run=run,
                         save_config_kwargs={"overwrite": True})
@@ -74,7 +73,7 @@ def _print_texts(texts: list[str], as_json: bool, seed: int, given: bool) -> Non
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from .sampling import TextGenerator
+    from .inference import TextGenerator
 
     gen = TextGenerator.from_pretrained(args.model, device=_device(args.device))
     seed = _seed(args.seed)
@@ -86,7 +85,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _infill(args: argparse.Namespace) -> int:
-    from .sampling import TextGenerator
+    from .inference import TextGenerator
 
     gen = TextGenerator.from_pretrained(args.model, device=_device(args.device))
     seed = _seed(args.seed)
@@ -108,9 +107,9 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer_dir: str | Pa
     """
     from diffcore.discrete import masking_from_config
 
+    from .inference import TextGenerator, load_tokenizer
     from .model import TransformerNet
-    from .modules import CHECKPOINT_KEY
-    from .sampling import TextGenerator, load_tokenizer
+    from .module import CHECKPOINT_KEY
 
     path = Path(ckpt).expanduser()
     if not path.is_file():
@@ -150,7 +149,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from . import evaluate as ev
-    from .sampling import TextGenerator
+    from .inference import TextGenerator
 
     device = _device(args.device)
     diff = TextGenerator.from_pretrained(args.model, device=device)

@@ -25,9 +25,9 @@ from torch import Tensor
 
 from diffcore.discrete import LogLinearMasking, MaskingSchedule, masked_nelbo
 
+from .inference import TextGenerator, prompt_canvas
 from .model import TransformerNet
-from .modules import ar_nll
-from .sampling import TextGenerator, prompt_canvas
+from .module import ar_nll
 
 
 def _sync(device: torch.device) -> None:
@@ -152,7 +152,7 @@ def evaluate_pair(diffusion: TextGenerator, ar: TextGenerator, data: str | None,
     """The evaluation of a masked diffusion model against its AR twin on ``split`` of the token set ``data``
     (a folder of .bin arrays; None: the built-in set): ``{"perplexity": compare_perplexity(...)}`` and, with
     ``samples`` > 0, ``"samples"``: ``sample_quality`` rows at ``steps_list`` plus the real text's row."""
-    from .datamodule import TokenDataModule
+    from .module import TokenDataModule
 
     if diffusion.kind != "diffusion" or ar.kind != "ar":
         raise ValueError(f"got a {diffusion.kind!r} and an {ar.kind!r} model: pass the masked diffusion model first "

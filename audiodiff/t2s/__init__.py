@@ -8,7 +8,8 @@ continue, vary) and evaluation (``audiodiff.t2s.evaluate``).
 """
 
 from .denoiser import CaptionDenoiser, DiTDenoiser, UNetDenoiser
-from .modules import (
+from .inference import AudioOutput, AudioPipeline
+from .module import (
     CaptionedMelDataModule,
     LatentDiffusionModule,
     VAEModule,
@@ -16,7 +17,6 @@ from .modules import (
     export_pipeline,
     export_vae,
 )
-from .pipeline import AudioOutput, AudioPipeline
 from .text_encoder import ByteTextEncoder, CaptionCache, CaptionTransformer, PretrainedTextEncoder, TextEncoder
 from .vae import MelVAE, Posterior, kl_to_standard_normal
 

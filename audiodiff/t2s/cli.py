@@ -73,7 +73,7 @@ PASSTHROUGH = {"t2s-fit": fit_command}
 def _export(ns: argparse.Namespace) -> int:
     import torch
 
-    from .modules import export_pipeline, export_vae
+    from .module import export_pipeline, export_vae
 
     ckpt = torch.load(ns.checkpoint, map_location="cpu", weights_only=False)
     if "t2s_vae" in ckpt:
@@ -107,7 +107,7 @@ def _read(path: str, sample_rate: int) -> Any:
 def _generate(ns: argparse.Namespace) -> int:
     import numpy as np
 
-    from .pipeline import AudioPipeline
+    from .inference import AudioPipeline
 
     _threads(ns.threads)
     model = ns.model or os.environ.get("AUDIODIFF_T2S_MODEL")
@@ -154,7 +154,7 @@ def _evaluate(ns: argparse.Namespace) -> int:
     print(json.dumps(result["summary"], indent=2))
     best = result.get("best_guidance")
     if ns.save_best and best is not None:
-        from .pipeline import AudioPipeline
+        from .inference import AudioPipeline
 
         pipe = AudioPipeline.from_pretrained(ns.model)
         pipe.guidance = float(best)

@@ -324,7 +324,7 @@ def run_evaluation(model: str, data: str, *, out: str | Path = "runs/t2s-eval", 
     """
     from ..audio import write_wav
     from ..data.loaders import AudioClips
-    from .pipeline import AudioPipeline
+    from .inference import AudioPipeline
 
     say = progress or (lambda s: None)
     out = Path(out)

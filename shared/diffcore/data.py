@@ -1,7 +1,7 @@
 """Built-in data sets: where they live, how they are built, and the manifest that describes them.
 
 A data set is built by a *builder* (``audiodiff.data.speech``, ``audiodiff.data.sounds``,
-``textdiff.data``): a module with ``VERSION`` and ``build(ctx: BuildContext) -> dict``. This module
+``textdiff.data.text``): a module with ``VERSION`` and ``build(ctx: BuildContext) -> dict``. This module
 gives every builder the same guarantees:
 
 * **Location**: ``<root>/<name>-<size>/`` with ``root`` from ``--root``, else ``$DIFFCORE_DATA_HOME``,
@@ -46,7 +46,7 @@ MANIFEST = "manifest.json"
 BUILDERS: dict[str, str] = {
     "speech": "audiodiff.data.speech",
     "sounds": "audiodiff.data.sounds",
-    "text": "textdiff.data",
+    "text": "textdiff.data.text",
 }
 T = TypeVar("T")
 # Debian packages the builders read (see each builder's docstring); `diffcore data system-deps --install`.

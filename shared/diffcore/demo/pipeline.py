@@ -313,7 +313,7 @@ def _search_six_steps(ctx: Context, vocoder: Any, model: Path, speech: str) -> d
 
 def stage_vae(ctx: Context, d: Path, sounds: str) -> dict[str, Any]:
     from audiodiff.cli import lightning_cli
-    from audiodiff.t2s.modules import export_vae
+    from audiodiff.t2s.module import export_vae
 
     p = ctx.profile
     ckpt = train(d, lightning_cli, [_trainer_recipe(ctx), ctx.recipe("t2s", "vae_tiny.yaml")],
@@ -337,7 +337,7 @@ def stage_t2s(ctx: Context, d: Path, sounds: str, vae: str) -> dict[str, Any]:
     """Train the latent denoiser and export it as a pipeline with Griffin-Lim audio; the evaluation plugs in
     the vocoder when it measured better (``AudioPipeline.from_pretrained(dir, vocoder=...)``)."""
     from audiodiff.cli import lightning_cli
-    from audiodiff.t2s.modules import export_pipeline
+    from audiodiff.t2s.module import export_pipeline
 
     p = ctx.profile
     ckpt = train(d, lightning_cli, [_trainer_recipe(ctx), ctx.recipe("t2s", "ldm_tiny.yaml")],
@@ -394,7 +394,7 @@ INFILL_TEMPLATE = "The [MASK:6] of the king [MASK:8] and the queen"
 
 def eval_text(ctx: Context, d: Path, model: str, ar_model: str, text: str) -> dict[str, Any]:
     from textdiff import evaluate as ev
-    from textdiff.sampling import TextGenerator
+    from textdiff.inference import TextGenerator
 
     p = ctx.profile
     diff = TextGenerator.from_pretrained(model)

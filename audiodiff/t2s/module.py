@@ -325,7 +325,7 @@ class LatentDiffusionModule(_MelBatches, DiffusionModule):
                  max_steps: int | None = None, ema_decay: float | None = 0.999, ema_warmup: bool = True):
         super().__init__(net, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
                          lr_decay=lr_decay, max_steps=max_steps, ema_decay=ema_decay, ema_warmup=ema_warmup)
-        from .pipeline import check_components
+        from .inference import check_components
 
         if not 0.0 <= caption_dropout < 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout}")
@@ -379,7 +379,7 @@ class LatentDiffusionModule(_MelBatches, DiffusionModule):
 
     def pipeline(self, vocoder: Any = None, **settings: Any) -> Any:
         """An ``AudioPipeline`` around the current weights (inside ``ema_weights()`` for the EMA ones)."""
-        from .pipeline import AudioPipeline
+        from .inference import AudioPipeline
 
         return AudioPipeline(self.vae, self.net, self.text_encoder, self.schedule, self.prediction,
                              self.noise_input, vocoder=vocoder, **settings)
@@ -404,7 +404,7 @@ def export_pipeline(checkpoint: str | os.PathLike, directory: str | os.PathLike,
     """A ``LatentDiffusionModule`` checkpoint -> a pipeline directory (VAE, denoiser, text-encoder reference,
     and ``vocoder`` (a ``Vocoder`` or its directory) if given). ``settings``: pipeline defaults (steps,
     guidance, sampler, ...). Only export checkpoints you trust (they are pickles)."""
-    from .pipeline import AudioPipeline
+    from .inference import AudioPipeline
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     info = ckpt.get("t2s")

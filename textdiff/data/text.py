@@ -19,7 +19,7 @@ Shakespeare's plays and poems, modern and First Folio editions, and five works o
 Splits are by *group* (a work with both its editions, an Austen chapter, a block of synsets), so no work
 is in two splits; see :func:`assign_groups`.
 
-Users' own text takes the same path (:mod:`textdiff.loaders`)::
+Users' own text takes the same path (:mod:`textdiff.data.loaders`)::
 
     tok = Tokenizer.from_dir(diffcore.data.dataset_dir("text", "tiny"))   # or any folder with gpt2.tiktoken
     tokenize_files("my_texts/", tok, "mine/train.bin")                     # one document per .txt file
@@ -57,7 +57,7 @@ from diffcore.data import (
     require_path,
     stable_unit,
 )
-from textdiff.loaders import SPLITS, TokenStats, open_tokens, tokenize_files, tokenize_text_dataset
+from textdiff.data.loaders import SPLITS, TokenStats, open_tokens, tokenize_files, tokenize_text_dataset
 from textdiff.tokenizer import WHISPER_SDIST, Tokenizer
 
 __all__ = ["VERSION", "build", "open_tokens", "tokenize_files", "tokenize_text_dataset", "TokenStats"]

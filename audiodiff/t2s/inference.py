@@ -380,7 +380,7 @@ class AudioPipeline:
         """Write the whole pipeline directory (see the module doc), replacing an old one atomically."""
         import json
 
-        header = {"class": "audiodiff.t2s.pipeline:AudioPipeline", "config": self.settings(),
+        header = {"class": "audiodiff.t2s.inference:AudioPipeline", "config": self.settings(),
                   "format_version": FORMAT_VERSION}
 
         def write(tmp: Path) -> None:
@@ -405,7 +405,7 @@ class AudioPipeline:
         ``overrides``: settings such as ``steps=50, guidance=2.0, sampler="ddim"``."""
         root = Path(directory).expanduser()
         header = read_json(root, CONFIG_FILE)
-        if header.get("class") != "audiodiff.t2s.pipeline:AudioPipeline":
+        if header.get("class") != "audiodiff.t2s.inference:AudioPipeline":
             raise ValueError(f"{root} is not a text-to-sound pipeline directory (config.json names "
                              f"{header.get('class')!r})")
         if header.get("format_version", 1) > FORMAT_VERSION:

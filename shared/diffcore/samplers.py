@@ -49,8 +49,20 @@ def prior_sample(schedule: Schedule, shape: Sequence[int], *, t_max: float = 1.0
     return float(schedule.sigma(t_max)) * z
 
 
+def _denoise(D: Denoiser, x: Tensor, t: Tensor, cond: Mapping, clip: tuple[float, float] | None) -> Tensor:
+    """D's x0 estimate, clamped to ``clip`` only when asked."""
+    x0 = D(x, t, **cond)
+    return x0.clamp(*clip) if clip is not None else x0
+
+
+def _impose_known(x: Tensor, known: Known, alpha: float, sigma: float, randn: Callable[[], Tensor]) -> Tensor:
+    """``x`` with its known entries replaced by a fresh forward-process sample alpha x0 + sigma z of them."""
+    noisy = alpha * known.values + (sigma * randn() if sigma > 0 else 0.0)
+    return torch.where(known.mask.bool(), noisy.to(x.dtype), x)
+
+
 class _Run:
-    """Per-call bookkeeping shared by all samplers: noise levels on the grid, denoiser calls,
+    """Per-call bookkeeping shared by the grid samplers: noise levels on the grid, denoiser calls,
     inpainting and callbacks. Not part of the public API."""
 
     def __init__(self, D: Denoiser, x: Tensor, steps: Steps, schedule: Schedule, cond: Mapping | None,
@@ -76,8 +88,7 @@ class _Run:
 
     def denoise(self, x: Tensor, i: int) -> Tensor:
         t = torch.full((x.shape[0],), float(self.ts[i]), device=x.device, dtype=torch.float64)
-        x0 = self.D(x, t, **self.cond)
-        return x0.clamp(*self.clip) if self.clip is not None else x0
+        return _denoise(self.D, x, t, self.cond, self.clip)
 
     def randn(self) -> Tensor:
         return torch.randn(self.x_shape, generator=self.gen, device=self.device, dtype=self.dtype)
@@ -85,9 +96,7 @@ class _Run:
     def finish_step(self, x: Tensor, i: int, denoised: Tensor) -> Tensor:
         """Apply inpainting at grid point i + 1 and report the step."""
         if self.known is not None:
-            a, s = self.alpha[i + 1], self.sigma[i + 1]
-            noisy_known = a * self.known.values + (s * self.randn() if s > 0 else 0.0)
-            x = torch.where(self.known.mask.bool(), noisy_known.to(x.dtype), x)
+            x = _impose_known(x, self.known, self.alpha[i + 1], self.sigma[i + 1], self.randn)
         if self.callback is not None:
             self.callback({"i": i, "t": float(self.ts[i + 1]), "x": x, "denoised": denoised})
         return x
@@ -279,11 +288,10 @@ def sample_adaptive(D: Denoiser, x_T: Tensor, schedule: Schedule, *, t_max: floa
         nonlocal nfe
         nfe += 1
         t = schedule.t_of_logsnr(torch.tensor(-2 * u_, dtype=torch.float64))
-        a = float(schedule.alpha(t))
-        x0 = D(a * y, t.expand(y.shape[0]).to(y.device), **cond)
-        return y - (x0.clamp(*clip) if clip is not None else x0)
+        return y - _denoise(D, float(schedule.alpha(t)) * y, t.expand(y.shape[0]).to(y.device), cond, clip)
 
     y = x_T / float(schedule.alpha(t_max))
+    randn = lambda: torch.randn(x_T.shape, generator=generator, device=x_T.device, dtype=x_T.dtype)  # noqa: E731
     h, k1, i = -abs(h_init), f(u, y), 0
     while u > u_end:
         if i >= max_steps:
@@ -298,9 +306,8 @@ def sample_adaptive(D: Denoiser, x_T: Tensor, schedule: Schedule, *, t_max: floa
         e = float((err / tol).pow(2).flatten(1).mean(1).sqrt().max())
         if e <= 1:  # accept; k4 is the next step's k1 (first same as last)
             u, y, k1, i = u + h, y_new, k4, i + 1
-            if known is not None:
-                z = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-                y = torch.where(known.mask.bool(), (known.values + math.exp(u) * z).to(y.dtype), y)
+            if known is not None:  # in y = x / alpha the forward sample is x0 + s z
+                y = _impose_known(y, known, 1.0, math.exp(u), randn)
                 k1 = f(u, y)
             if callback is not None:
                 t = schedule.t_of_logsnr(torch.tensor(-2 * u, dtype=torch.float64))
@@ -308,3 +315,11 @@ def sample_adaptive(D: Denoiser, x_T: Tensor, schedule: Schedule, *, t_max: floa
         h = h * min(5.0, max(0.2, 0.9 * (e if e > 0 else 1e-10) ** (-1 / 3)))
     x0 = y - k1  # k1 = y - D(alpha y, t_end): the denoised sample at the last level, no extra call
     return torch.where(known.mask.bool(), known.values.to(x0.dtype), x0) if known is not None else x0
+
+
+# The samplers by name, for command lines and configs; the deterministic ones map x_T -> x_0 (ODE solvers).
+SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "ddpm": sample_ddpm, "ddim": sample_ddim, "euler": sample_euler, "heun": sample_heun,
+    "dpmpp_2m": sample_dpmpp_2m, "langevin": sample_langevin, "pc": sample_pc, "adaptive": sample_adaptive,
+}
+ODE_SAMPLERS = ("ddim", "euler", "heun", "dpmpp_2m", "adaptive")

@@ -76,3 +76,18 @@ def as_grid(steps: int | Tensor | Sequence[float]) -> Tensor:
     if ts.numel() < 2 or not torch.all(ts[1:] < ts[:-1]) or ts[-1] != 0 or ts[0] > 1:
         raise ValueError("a time grid must decrease strictly from t_max <= 1 to exactly 0")
     return ts
+
+
+GRIDS = ("uniform", "logsnr", "karras")  # the grids by name (``make_grid``)
+
+
+def make_grid(name: str, schedule: Schedule, steps: int, t_max: float = 1.0) -> Tensor:
+    """A grid of ``steps`` steps from ``t_max`` to 0 by name: ``uniform`` in t, uniform in log-SNR
+    (``logsnr``) or Karras/EDM rho = 7 spacing (``karras``)."""
+    if name == "uniform":
+        return uniform(steps, t_max)
+    if name == "logsnr":
+        return logsnr_uniform(schedule, steps, t_max)
+    if name == "karras":
+        return karras(schedule, steps, t_max=t_max)
+    raise ValueError(f"unknown time grid {name!r}; choose one of {', '.join(GRIDS)}")

@@ -35,33 +35,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import samplers, timesteps
+from .samplers import ODE_SAMPLERS, SAMPLERS  # the one registry; the toy's tables use these names
 from .schedules import CosineSchedule, Schedule
 from .testing import GaussianMixture
-
-SAMPLERS: dict[str, Callable[..., Tensor]] = {
-    "ddpm": samplers.sample_ddpm,
-    "ddim": samplers.sample_ddim,
-    "euler": samplers.sample_euler,
-    "heun": samplers.sample_heun,
-    "dpmpp_2m": samplers.sample_dpmpp_2m,
-    "langevin": samplers.sample_langevin,
-    "pc": samplers.sample_pc,
-    "adaptive": samplers.sample_adaptive,
-}
-ODE_SAMPLERS = ("ddim", "euler", "heun", "dpmpp_2m", "adaptive")  # deterministic: x_T -> x_0 is a map
-GRIDS = ("uniform", "karras", "logsnr")
-
-
-def make_grid(name: str, schedule: Schedule, steps: int) -> Tensor:
-    """A time grid of ``steps`` steps by name: uniform in t, Karras (EDM) or uniform in log-SNR."""
-    if name == "uniform":
-        return timesteps.uniform(steps)
-    if name == "karras":
-        return timesteps.karras(schedule, steps)
-    if name == "logsnr":
-        return timesteps.logsnr_uniform(schedule, steps)
-    raise ValueError(f"unknown grid {name!r}; known: {GRIDS}")
+from .timesteps import GRIDS, make_grid
 
 
 @dataclass

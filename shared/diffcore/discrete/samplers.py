@@ -164,57 +164,77 @@ def sample_masked(logits_fn: LogitsFn, z_T: Tensor, ts: int | Tensor | Sequence[
     grid = as_grid(ts)
     alphas = schedule.alpha(grid).tolist()
     z = z_T.clone()
-    b, device = z.shape[0], z.device
     if region is not None:
-        region = region.to(device=device, dtype=torch.bool).expand_as(z)
+        region = region.to(device=z.device, dtype=torch.bool).expand_as(z)
     n_start = _fillable(z, mask_id, region).sum(1)  # per-row masks at the start (confidence's count budget)
-    logp: Tensor | None = None  # SUBS log-probs (B, L, V) of each row's last network call
-    stale = torch.ones(b, dtype=torch.bool, device=device)  # rows changed since their last network call
-    nfe = row_evals = 0
+    net = _RowCache(logits_fn, z.shape[0], mask_id, reuse=cache and not time_conditioned)
 
     for i in range(len(grid) - 1):
         t, s = float(grid[i]), float(grid[i + 1])
         masked = _fillable(z, mask_id, region)
-        busy = masked.any(1)
-        if bool(busy.any()):
-            need = busy if (logp is None or not cache or time_conditioned) else busy & stale
-            if bool(need.any()):
-                rows = None if bool(need.all()) else need.nonzero().squeeze(1)
-                z_in = z if rows is None else z[rows]
-                logits = logits_fn(z_in, torch.full((z_in.shape[0],), t, dtype=torch.float32, device=device))
-                nfe, row_evals = nfe + 1, row_evals + z_in.shape[0]
-                if logits.shape[:2] != z_in.shape:
-                    raise ValueError(f"logits_fn returned {tuple(logits.shape)} for tokens {tuple(z_in.shape)}")
-                check_mask_id(mask_id, logits.shape[-1])
-                if nfe == 1 and bool(((z_in < 0) | (z_in >= logits.shape[-1])).any()):
-                    raise ValueError(f"z_T holds tokens outside the vocabulary of size {logits.shape[-1]}")
-                new_logp = subs_log_probs(logits, z_in, mask_id)
-                if rows is None:
-                    logp = new_logp
-                else:
-                    if logp is None:
-                        logp = new_logp.new_zeros((b, *new_logp.shape[1:]))
-                    logp[rows] = new_logp
-                stale = stale & ~need
+        if bool(masked.any()):
+            logp = net.log_probs(z, masked.any(1), t)
             # Reveal probability (alpha_s - alpha_t) / (1 - alpha_t); exactly 1 on the last step.
             last = i == len(grid) - 2
             p = 1.0 if last else (alphas[i + 1] - alphas[i]) / max(1.0 - alphas[i], 1e-300)
             if method == "ancestral":
-                u = torch.rand(z.shape, generator=generator, dtype=torch.float64, device=device)
+                u = torch.rand(z.shape, generator=generator, dtype=torch.float64, device=z.device)
                 reveal = masked & (u < p)
-                tokens = draw_tokens(logp[reveal], temperature, top_k, top_p, generator)
                 z_new = z.clone()
-                z_new[reveal] = tokens.to(z.dtype)
+                z_new[reveal] = draw_tokens(logp[reveal], temperature, top_k, top_p, generator).to(z.dtype)
             else:
                 z_new = _confidence_step(z, masked, logp, n_start, alphas, i, last, mask_id, temperature,
                                          top_k, top_p, generator)
-            stale = stale | (z_new != z).any(1)
+            net.changed((z_new != z).any(1))
             z = z_new
         if callback is not None:
-            callback({"i": i, "t": t, "s": s, "z": z, "n_masked": int((z == mask_id).sum()), "nfe": nfe})
+            callback({"i": i, "t": t, "s": s, "z": z, "n_masked": int((z == mask_id).sum()), "nfe": net.nfe})
 
-    stats = SamplingStats(nfe=nfe, steps=len(grid) - 1, row_evals=row_evals)
+    stats = SamplingStats(nfe=net.nfe, steps=len(grid) - 1, row_evals=net.row_evals)
     return (z, stats) if return_stats else z
+
+
+class _RowCache:
+    """The SUBS log-probs (B, L, V) of each row's last network call, recomputed only for the rows that
+    have changed since (when ``reuse``: MDLM's caching, valid when the net does not see t); counts the
+    network evaluations."""
+
+    def __init__(self, logits_fn: LogitsFn, batch: int, mask_id: int, reuse: bool):
+        self.logits_fn, self.batch, self.mask_id, self.reuse = logits_fn, batch, mask_id, reuse
+        self.logp: Tensor | None = None
+        self.stale: Tensor | None = None  # rows changed since their last network call
+        self.nfe = self.row_evals = 0
+
+    def log_probs(self, z: Tensor, busy: Tensor, t: float) -> Tensor:
+        """Log-probs for every row of ``z``, fresh for the ``busy`` rows that need them."""
+        if self.stale is None:
+            self.stale = torch.ones(self.batch, dtype=torch.bool, device=z.device)
+        need = busy & self.stale if (self.reuse and self.logp is not None) else busy
+        if bool(need.any()):
+            rows = None if bool(need.all()) else need.nonzero().squeeze(1)
+            z_in = z if rows is None else z[rows]
+            logits = self.logits_fn(z_in, torch.full((z_in.shape[0],), t, dtype=torch.float32, device=z.device))
+            self.nfe, self.row_evals = self.nfe + 1, self.row_evals + z_in.shape[0]
+            if logits.shape[:2] != z_in.shape:
+                raise ValueError(f"logits_fn returned {tuple(logits.shape)} for tokens {tuple(z_in.shape)}")
+            check_mask_id(self.mask_id, logits.shape[-1])
+            if self.nfe == 1 and bool(((z_in < 0) | (z_in >= logits.shape[-1])).any()):
+                raise ValueError(f"z_T holds tokens outside the vocabulary of size {logits.shape[-1]}")
+            new = subs_log_probs(logits, z_in, self.mask_id)
+            if rows is None:
+                self.logp = new
+            else:
+                if self.logp is None:
+                    self.logp = new.new_zeros((self.batch, *new.shape[1:]))
+                self.logp[rows] = new
+            self.stale = self.stale & ~need
+        assert self.logp is not None
+        return self.logp
+
+    def changed(self, rows: Tensor) -> None:
+        """Mark the rows whose tokens changed in the last step."""
+        if self.stale is not None:
+            self.stale = self.stale | rows
 
 
 def _fillable(z: Tensor, mask_id: int, region: Tensor | None) -> Tensor:

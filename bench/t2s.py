@@ -3,10 +3,14 @@
     python bench/t2s.py --model runs/t2s-tiny --steps 10 25 50 100 --seconds 4
     python bench/t2s.py --steps 10 25 50 --device cuda --batch 8
     python bench/t2s.py                     # no --model: a random model shaped like recipes/t2s/ldm_tiny.yaml
+    python bench/t2s.py --train-step --threads 1   # latent-model training step: audio input vs cached latents
 
 Times are wall-clock medians over ``--repeats`` runs after one warm-up run, split into the diffusion part
 (caption encoding + sampling + VAE decoding) and the waveform part (vocoder, or Griffin-Lim without one),
-per clip (divided by the batch). Memory: the peak allocated on the GPU (``torch.cuda.max_memory_allocated``),
+per clip (divided by the batch). ``--train-step`` instead times one training step (forward, backward,
+optimizer) of ``LatentDiffusionModule`` with the tiny recipe's shapes (batch 16, 256-frame segments, MiniLM
+caption states, cached in both cases): from audio (mel + VAE encoding every step, the old path) and from a
+``LatentCache`` batch (the denoiser alone). Memory: the peak allocated on the GPU (``torch.cuda.max_memory_allocated``),
 or on a CPU the process's peak resident set size (which includes the Python runtime and libraries).
 """
 
@@ -37,6 +41,44 @@ def random_pipeline(device: str) -> AudioPipeline:
     net = UNetDenoiser(in_channels=4, channels=(64, 128), attention_levels=(1,), emb_dim=128,
                        text_vocab_size=ByteTextEncoder.vocab_size)
     return AudioPipeline(vae, net, ByteTextEncoder()).to(device)
+
+
+def train_step_bench(repeats: int, batch: int = 16, frames: int = 256) -> dict[str, float]:
+    """Median seconds per training step of the tiny latent model: from audio vs from cached latents."""
+    from audiodiff.t2s import LatentDiffusionModule, PretrainedTextEncoder
+
+    torch.manual_seed(0)
+    vae = MelVAE(latent_channels=4, channels=(16, 32, 64))
+    mels = [(-5 + 2 * torch.randn(2, 80, 64), None)]
+    vae.fit_input_statistics(mels)
+    vae.fit_latent_statistics(mels)
+    net = UNetDenoiser(in_channels=4, channels=(32, 64), num_res_blocks=1, attention_levels=(1,), heads=4,
+                       emb_dim=128, text_dim=384)
+    module = LatentDiffusionModule(net, vae, PretrainedTextEncoder(), lr=1e-3)
+    opt = torch.optim.AdamW(module.net.parameters(), lr=1e-3)
+    captions = [f"{n} short {p} beeps, fading out" for n, p in zip(range(batch), ["high", "low"] * batch)]
+    module.cache(captions + [""])  # captions encoded once in both paths
+    hop = vae.mel_config.hop_length
+    audio = {"audio": 0.1 * torch.randn(batch, frames * hop), "frames": torch.full((batch,), frames),
+             "text": captions}
+    with torch.no_grad():
+        q = vae.encode(module.mel_fn(audio["audio"]))
+    cached = {"latent_mean": q.mean, "latent_std": q.std, "latent_frames": torch.full((batch,), q.mean.shape[-1]),
+              "text": captions}
+
+    def step(raw: dict) -> None:
+        b = module.on_after_batch_transfer(dict(raw), 0)
+        loss = module.compute_loss(b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    module.log = lambda *a, **k: None  # no trainer attached
+    out = {}
+    for name, raw in (("audio", audio), ("cached", cached)):
+        step(raw)
+        out[name], _ = timed(lambda raw=raw: step(raw), repeats, "cpu")
+    return out
 
 
 def peak_memory_mb(device: str) -> float:
@@ -70,9 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", default=None, help="also write the rows to this file")
+    p.add_argument("--train-step", action="store_true", help="time a latent-model training step instead")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.train_step:
+        r = train_step_bench(max(args.repeats, 5))
+        print(f"latent-model training step (tiny recipe shapes, batch 16, 256 frames, torch threads "
+              f"{torch.get_num_threads()}): from audio {r['audio']:.3f} s, from cached latents {r['cached']:.3f} s "
+              f"({r['cached'] / r['audio']:.2f}x)")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"train_step_s": r, "args": vars(args)}, indent=2) + "\n")
+        return 0
     pipe = AudioPipeline.from_pretrained(args.model, args.device) if args.model else random_pipeline(args.device)
     captions = ["three short high beeps, fading out", "a violin playing a low note twice"] * args.batch
     captions = captions[: args.batch]

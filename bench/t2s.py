@@ -3,7 +3,7 @@
     python bench/t2s.py --model runs/t2s-tiny --steps 10 25 50 100 --seconds 4
     python bench/t2s.py --steps 10 25 50 --device cuda --batch 8
     python bench/t2s.py                     # no --model: a random model shaped like recipes/t2s/ldm_tiny.yaml
-    python bench/t2s.py --train-step --threads 1   # latent-model training step: audio input vs cached latents
+    python bench/t2s.py --train-step --threads 1   # a latent-model training step: from audio vs cached latents
 
 Times are wall-clock medians over ``--repeats`` runs after one warm-up run, split into the diffusion part
 (caption encoding + sampling + VAE decoding) and the waveform part (vocoder, or Griffin-Lim without one),
@@ -43,8 +43,16 @@ def random_pipeline(device: str) -> AudioPipeline:
     return AudioPipeline(vae, net, ByteTextEncoder()).to(device)
 
 
-def train_step_bench(repeats: int, batch: int = 16, frames: int = 256) -> dict[str, float]:
-    """Median seconds per training step of the tiny latent model: from audio vs from cached latents."""
+OLD_LDM_NET = dict(channels=(32, 64), num_res_blocks=1, attention_levels=(1,), self_attention=True, heads=4,
+                   emb_dim=128, text_dim=384)  # recipes/t2s/ldm_tiny.yaml before the latent cache (batch 16)
+LDM_NET = dict(channels=(24, 48), num_res_blocks=1, attention_levels=(1,), self_attention=False, heads=4,
+               emb_dim=128, text_dim=384, pooled_text=True)  # recipes/t2s/ldm_tiny.yaml now (batch 12)
+
+
+def train_step_bench(repeats: int, frames: int = 256) -> dict[str, float]:
+    """Median seconds per training step (forward, backward, AdamW) of the tiny latent model, three ways: the
+    old recipe from audio (mel + VAE encoding every step), the old recipe from cached latents, and the
+    current recipe from cached latents. Repeats are interleaved, so all three see the same machine load."""
     from audiodiff.t2s import LatentDiffusionModule, PretrainedTextEncoder
 
     torch.manual_seed(0)
@@ -52,33 +60,44 @@ def train_step_bench(repeats: int, batch: int = 16, frames: int = 256) -> dict[s
     mels = [(-5 + 2 * torch.randn(2, 80, 64), None)]
     vae.fit_input_statistics(mels)
     vae.fit_latent_statistics(mels)
-    net = UNetDenoiser(in_channels=4, channels=(32, 64), num_res_blocks=1, attention_levels=(1,), heads=4,
-                       emb_dim=128, text_dim=384)
-    module = LatentDiffusionModule(net, vae, PretrainedTextEncoder(), lr=1e-3)
-    opt = torch.optim.AdamW(module.net.parameters(), lr=1e-3)
-    captions = [f"{n} short {p} beeps, fading out" for n, p in zip(range(batch), ["high", "low"] * batch)]
-    module.cache(captions + [""])  # captions encoded once in both paths
+    encoder = PretrainedTextEncoder()
     hop = vae.mel_config.hop_length
-    audio = {"audio": 0.1 * torch.randn(batch, frames * hop), "frames": torch.full((batch,), frames),
-             "text": captions}
-    with torch.no_grad():
-        q = vae.encode(module.mel_fn(audio["audio"]))
-    cached = {"latent_mean": q.mean, "latent_std": q.std, "latent_frames": torch.full((batch,), q.mean.shape[-1]),
-              "text": captions}
+    cases = {}
+    for name, net_kw, batch, cached in (("old recipe, from audio", OLD_LDM_NET, 16, False),
+                                        ("old recipe, cached latents", OLD_LDM_NET, 16, True),
+                                        ("current recipe, cached latents", LDM_NET, 12, True)):
+        module = LatentDiffusionModule(UNetDenoiser(in_channels=4, **net_kw), vae, encoder, lr=1e-3)
+        module.log = lambda *a, **k: None  # no trainer attached
+        opt = torch.optim.AdamW(module.net.parameters(), lr=1e-3)
+        captions = [f"{n} short {p} beeps, fading out" for n, p in zip(range(batch), ["high", "low"] * batch)]
+        module.cache(captions + [""])  # captions encoded once in every case
+        audio = 0.1 * torch.randn(batch, frames * hop)
+        if cached:
+            with torch.no_grad():
+                q = vae.encode(module.mel_fn(audio))
+            raw = {"latent_mean": q.mean, "latent_std": q.std,
+                   "latent_frames": torch.full((batch,), q.mean.shape[-1]), "text": captions}
+        else:
+            raw = {"audio": audio, "frames": torch.full((batch,), frames), "text": captions}
+        cases[name] = (module, opt, raw, batch)
 
-    def step(raw: dict) -> None:
-        b = module.on_after_batch_transfer(dict(raw), 0)
-        loss = module.compute_loss(b)
+    def step(name: str) -> None:
+        module, opt, raw, _ = cases[name]
+        loss = module.compute_loss(module.on_after_batch_transfer(dict(raw), 0))
         opt.zero_grad()
         loss.backward()
         opt.step()
 
-    module.log = lambda *a, **k: None  # no trainer attached
-    out = {}
-    for name, raw in (("audio", audio), ("cached", cached)):
-        step(raw)
-        out[name], _ = timed(lambda raw=raw: step(raw), repeats, "cpu")
-    return out
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for name in cases:
+        step(name)  # warm-up
+    for _ in range(repeats):
+        for name in cases:
+            t0 = time.perf_counter()
+            step(name)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()} | \
+        {f"{name} per item": statistics.median(t) / cases[name][3] for name, t in times.items()}
 
 
 def peak_memory_mb(device: str) -> float:
@@ -118,9 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.train_step:
         r = train_step_bench(max(args.repeats, 5))
-        print(f"latent-model training step (tiny recipe shapes, batch 16, 256 frames, torch threads "
-              f"{torch.get_num_threads()}): from audio {r['audio']:.3f} s, from cached latents {r['cached']:.3f} s "
-              f"({r['cached'] / r['audio']:.2f}x)")
+        print(f"latent-model training step (256-frame segments, MiniLM captions, torch threads "
+              f"{torch.get_num_threads()}):")
+        base = r["old recipe, from audio"]
+        for name in ("old recipe, from audio", "old recipe, cached latents", "current recipe, cached latents"):
+            print(f"  {name:<32} {r[name]:.3f} s/step ({r[name] / base:.2f}x), {r[name + ' per item']:.4f} s/item")
         if args.json:
             Path(args.json).write_text(json.dumps({"train_step_s": r, "args": vars(args)}, indent=2) + "\n")
         return 0

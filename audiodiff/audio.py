@@ -31,12 +31,11 @@ def read_audio(path: str | os.PathLike, *, mono: bool = True) -> tuple[np.ndarra
         wave, sr = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         raise DataError(f"cannot decode audio file {path} ({e}); re-encode it as WAV/FLAC/OGG "
-                        "(e.g. `ffmpeg -i in -ar 22050 -ac 1 out.wav`) or remove it (skip_bad=True skips "
-                        "such files)") from e
+                        "(e.g. `ffmpeg -i in -ar 22050 -ac 1 out.wav`) or leave it out") from e
     if wave.shape[0] == 0:
-        raise DataError(f"audio file {path} is empty (0 samples); remove it or pass skip_bad=True")
+        raise DataError(f"audio file {path} is empty (0 samples); re-export it or leave it out")
     if not np.isfinite(wave).all():
-        raise DataError(f"audio file {path} contains NaN or Inf samples; re-export it or pass skip_bad=True")
+        raise DataError(f"audio file {path} contains NaN or Inf samples; re-export it or leave it out")
     return (wave.mean(axis=1) if mono else wave.T), int(sr)
 
 

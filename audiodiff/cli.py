@@ -33,7 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from diffcore.cli import positive_int
+from diffcore.cli import add_debug_flag, positive_int, resolve_device
+from diffcore.errors import run_cli
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
@@ -58,12 +59,6 @@ def lightning_cli(args: Sequence[str] | None = None, run: bool = True) -> Any:
 
 # --------------------------------------------------------------------------------------------------
 # vocoder commands
-
-
-def _device(name: str | None) -> str:
-    import torch
-
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -107,7 +102,7 @@ def _vocode(args: argparse.Namespace) -> int:
     from .vocoder import Vocoder
 
     expected = MelConfig.from_dict(json.loads(Path(args.mel_config).read_text())) if args.mel_config else None
-    vocoder = Vocoder.from_pretrained(args.model, _device(args.device), expected_mel=expected,
+    vocoder = Vocoder.from_pretrained(args.model, resolve_device(args.device), expected_mel=expected,
                                       what=f"--mel-config {args.mel_config}")
     src = Path(args.input)
     t0 = time.perf_counter()
@@ -152,7 +147,7 @@ def _search(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    vocoder = Vocoder.from_pretrained(args.model, _device(args.device))
+    vocoder = Vocoder.from_pretrained(args.model, resolve_device(args.device))
     clips = _clips(args.data, args.split, vocoder.sample_rate)
     n = min(args.utterances, len(clips))
     audios = [torch.as_tensor(clips[i]["audio"])[: int(args.seconds * vocoder.sample_rate)] for i in range(n)]
@@ -178,7 +173,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    vocoder = Vocoder.from_pretrained(args.model, _device(args.device))
+    vocoder = Vocoder.from_pretrained(args.model, resolve_device(args.device))
     clips = _clips(args.data, args.split, vocoder.sample_rate)
     out = Path(args.out)
     result = evaluate(vocoder, clips, args.steps, limit=args.limit, max_seconds=args.max_seconds, seed=args.seed,
@@ -209,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the non-training commands (each subcommand sets ``func``)."""
     parser = argparse.ArgumentParser(prog="audiodiff", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"LightningCLI {name} (-c recipe.yaml ...; see `audiodiff {name} --help`)",
@@ -271,7 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str | os.PathLike] | None = None) -> int:
-    argv = [os.fspath(a) for a in (sys.argv[1:] if argv is None else argv)]
+    """``audiodiff ARGS``: the exit status (2 with a one-line ``error:`` for an error the user can fix)."""
+    return run_cli(_dispatch, argv)
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in LIGHTNING_COMMANDS:
         lightning_cli(argv, run=True)
         return 0

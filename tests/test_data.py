@@ -102,7 +102,7 @@ def test_verify_reports_changed_missing_and_extra_files(tmp_path, fake_builder):
 
 
 def test_bad_names_and_missing_dependencies_name_the_fix(tmp_path):
-    with pytest.raises(ValueError, match="built-in sets are speech, sounds, text"):
+    with pytest.raises(ValueError, match="built-in sets are (?=.*speech)(?=.*sounds)(?=.*text)"):
         data.dataset_dir("music")
     with pytest.raises(ValueError, match="tiny, small, full"):
         data.dataset_dir("speech", "huge")
@@ -112,6 +112,15 @@ def test_bad_names_and_missing_dependencies_name_the_fix(tmp_path):
         data.require_module("nothing_here_xyz", "pip install nothing-here")
     with pytest.raises(data.DataError, match="diffcore data build"):
         data.load_manifest(tmp_path)
+
+
+def test_builders_and_their_debian_packages_come_from_entry_points():
+    """The core finds the builders through the ``diffcore.datasets`` entry points (it names no system)."""
+    assert data.BUILDERS == {"speech": "audiodiff.data.speech", "sounds": "audiodiff.data.sounds",
+                             "text": "textdiff.data.text"}
+    assert data.system_packages(["text"]) == ("wordnet-base",)
+    every = data.system_packages()
+    assert len(every) == len(set(every)) and {"fluidsynth", "espeak-ng", "wordnet-base"} <= set(every)
 
 
 def test_data_home_and_cli_path(tmp_path, monkeypatch, capsys):

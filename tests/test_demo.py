@@ -20,8 +20,9 @@ import pytest
 import torch
 
 from diffcore.cli import main
-from diffcore.demo import DemoError, run_demo
 from diffcore.lightning import AtomicCheckpointIO
+from diffjob import DemoError
+from diffjob.demo import run_demo
 
 STAGES = ("data", "vocoder", "vae", "t2s", "lm", "lm_ar", "eval_vocoder", "eval_t2s", "eval_text")
 

@@ -35,9 +35,11 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
+
+from diffcore.cli import add_debug_flag, resolve_device
+from diffcore.errors import run_cli
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
@@ -50,10 +52,6 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True):
 
     return LightningCLI(TextModule, TokenDataModule, subclass_mode_model=True, args=args, run=run,
                         save_config_kwargs={"overwrite": True})
-
-
-def _device(name: str | None) -> str:
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _seed(seed: int | None) -> int:
@@ -75,7 +73,7 @@ def _print_texts(texts: list[str], as_json: bool, seed: int, given: bool) -> Non
 def _sample(args: argparse.Namespace) -> int:
     from .inference import TextGenerator
 
-    gen = TextGenerator.from_pretrained(args.model, device=_device(args.device))
+    gen = TextGenerator.from_pretrained(args.model, device=resolve_device(args.device))
     seed = _seed(args.seed)
     texts = gen.sample(args.n, length=args.length, steps=args.steps, prompt=args.prompt, method=args.method,
                        block_size=args.block_size, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -87,7 +85,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _infill(args: argparse.Namespace) -> int:
     from .inference import TextGenerator
 
-    gen = TextGenerator.from_pretrained(args.model, device=_device(args.device))
+    gen = TextGenerator.from_pretrained(args.model, device=resolve_device(args.device))
     seed = _seed(args.seed)
     texts = gen.infill(args.template, args.n, steps=args.steps, method=args.method, temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p, seed=seed, stop_at_eot=not args.no_stop)
@@ -95,54 +93,10 @@ def _infill(args: argparse.Namespace) -> int:
     return 0
 
 
-def export_checkpoint(ckpt: str | Path, out: str | Path, tokenizer_dir: str | Path | None = None,
-                      raw_weights: bool = False, tokenizer: Any = None) -> Path:
-    """Turn a training checkpoint into a ``TextGenerator.from_pretrained`` folder.
-
-    The net is rebuilt from the config the module stored in the checkpoint and loaded with the EMA
-    weights (the raw training weights with ``raw_weights``). The tokenizer comes from
-    ``tokenizer_dir``, else from ``<data_dir>/tokenizer`` of the run's data module (or its built-in
-    set). Checkpoints are pickles: export only ones you trained (exported folders are JSON +
-    safetensors only).
-    """
-    from diffcore.discrete import masking_from_config
-
-    from .inference import TextGenerator, load_tokenizer
-    from .model import TransformerNet
-    from .module import CHECKPOINT_KEY
-
-    path = Path(ckpt).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    info = state.get(CHECKPOINT_KEY)
-    if info is None:
-        raise ValueError(f"{path} was not written by a textdiff module (no {CHECKPOINT_KEY!r} entry)")
-    net = TransformerNet(**info["net_config"])
-    own = net.state_dict()
-    if "ema" in state and not raw_weights:
-        weights = {**state["ema"]["params"], **state["ema"]["buffers"]}
-    else:
-        weights = {k[len("net."):]: v for k, v in state["state_dict"].items() if k.startswith("net.")}
-    net.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=True)
-    if tokenizer is None:
-        if tokenizer_dir is None:
-            hp = state.get("datamodule_hyper_parameters", {})
-            if hp.get("data_dir"):
-                tokenizer_dir = Path(hp["data_dir"]).expanduser() / "tokenizer"
-            elif hp.get("text_size"):
-                from diffcore.data import dataset_dir
-
-                tokenizer_dir = dataset_dir("text", hp["text_size"]) / "tokenizer"
-            else:
-                raise ValueError("the checkpoint does not name its data directory; pass --tokenizer DIR")
-        tokenizer = load_tokenizer(tokenizer_dir)
-    schedule = masking_from_config(info["schedule"]) if info.get("schedule") else None
-    return TextGenerator(net, tokenizer, info["kind"], schedule, device="cpu").save_pretrained(out)
-
-
 def _export(args: argparse.Namespace) -> int:
-    out = export_checkpoint(args.checkpoint, args.out, args.tokenizer, args.raw_weights)
+    from .module import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, tokenizer_dir=args.tokenizer, ema=not args.raw_weights)
     print(f"wrote {out}")
     return 0
 
@@ -151,7 +105,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from . import evaluate as ev
     from .inference import TextGenerator
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     diff = TextGenerator.from_pretrained(args.model, device=device)
     ar = TextGenerator.from_pretrained(args.ar, device=device)
     out = ev.evaluate_pair(diff, ar, args.data, split=args.split, batch_size=args.batch_size,
@@ -174,6 +128,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="textdiff", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in LIGHTNING_COMMANDS:
         sub.add_parser(name, help=f"LightningCLI {name} (textdiff {name} --help for its options)", add_help=False)
@@ -233,19 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def main(argv: Sequence[str | os.PathLike] | None = None) -> int:
+    """``textdiff ARGS``: the exit status (2 with a one-line ``error:`` for an error the user can fix)."""
+    return run_cli(_dispatch, argv)
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in LIGHTNING_COMMANDS:
         build_cli(args=argv)
         return 0
-    from diffcore.data import MissingDependencyError
-
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, MissingDependencyError) as e:
-        print(f"textdiff {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -46,17 +46,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from diffcore.data import dataset_dir
-from diffcore.discrete import LogLinearMasking, MaskingSchedule, masked_nelbo
-from diffcore.lightning import DiffusionModule
+from diffcore.discrete import LogLinearMasking, MaskingSchedule, masked_nelbo, masking_from_config
+from diffcore.lightning import DiffusionModule, load_net, read_checkpoint
 from diffcore.lightning.base import LRDecay
 from diffcore.losses import TimeSampling
-from diffcore.pretrained import class_path
 
 from .data.loaders import open_tokens
 from .model import TransformerNet
-
-CHECKPOINT_KEY = "textdiff"
-"""Checkpoint entry holding what ``textdiff export`` needs to rebuild the net without the recipe."""
 
 
 def batch_tokens(batch: Any) -> Tensor:
@@ -92,14 +88,9 @@ class TextModule(DiffusionModule):
             self._compiled.append(torch.compile(self.net))
         return self._compiled[0]
 
-    def metadata(self) -> dict[str, Any]:
+    def export_metadata(self) -> dict[str, Any]:
         """What a saved model needs besides the net's config (see ``textdiff.inference.TextGenerator``)."""
         return {"kind": self.kind, "mask_id": self.net.mask_id, "seq_len": self.net.max_len}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint[CHECKPOINT_KEY] = {"net_class": class_path(type(self.net)), "net_config": self.net.config,
-                                      **self.metadata()}
 
     def _eval_step(self, batch: Any, batch_idx: int, key: str) -> Tensor:
         tokens = batch_tokens(batch)
@@ -155,8 +146,8 @@ class MaskedDiffusionModule(TextModule):
         return masked_nelbo(self.logits_fn, x0, self.schedule, self.net.mask_id, time_sampling=self.time_sampling,
                             generator=generator, logits_at=self.logits_at)
 
-    def metadata(self) -> dict[str, Any]:
-        return {**super().metadata(), "schedule": self.schedule.config()}
+    def export_metadata(self) -> dict[str, Any]:
+        return {**super().export_metadata(), "schedule": self.schedule.config()}
 
 
 class ARModule(TextModule):
@@ -191,6 +182,37 @@ def ar_nll(net: torch.nn.Module, x: Tensor, bos_id: int, reduce: bool = True) ->
     logits = net(torch.cat([bos, x[:, :-1]], dim=1))
     nll = F.cross_entropy(logits.flatten(0, 1).float(), x.flatten(), reduction="none").view_as(x)
     return nll.mean() if reduce else nll.mean(1)
+
+
+# --- export ----------------------------------------------------------------------------------
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, *, tokenizer_dir: str | Path | None = None,
+                      ema: bool = True, tokenizer: Any = None) -> Path:
+    """Turn a training checkpoint into a ``TextGenerator.from_pretrained`` folder.
+
+    The net is rebuilt from the config the module stored in the checkpoint and loaded with the EMA
+    weights (``ema=False``: the raw training weights). The tokenizer comes from
+    ``tokenizer_dir``, else from ``<data_dir>/tokenizer`` of the run's data module (or its built-in
+    set). Checkpoints are pickles: export only ones you trained (exported folders are JSON +
+    safetensors only).
+    """
+    from .inference import TextGenerator, load_tokenizer
+
+    state = read_checkpoint(checkpoint, TextModule)
+    net, info = load_net(state, ema=ema)
+    if tokenizer is None:
+        if tokenizer_dir is None:
+            hp = state.get("datamodule_hyper_parameters", {})
+            if hp.get("data_dir"):
+                tokenizer_dir = Path(hp["data_dir"]).expanduser() / "tokenizer"
+            elif hp.get("text_size"):
+                tokenizer_dir = dataset_dir("text", hp["text_size"]) / "tokenizer"
+            else:
+                raise ValueError("the checkpoint does not name its data directory; pass --tokenizer DIR")
+        tokenizer = load_tokenizer(tokenizer_dir)
+    schedule = masking_from_config(info["schedule"]) if info.get("schedule") else None
+    return TextGenerator(net, tokenizer, info["kind"], schedule, device="cpu").save_pretrained(out)
 
 
 # --- data: packed token windows -------------------------------------------------------------

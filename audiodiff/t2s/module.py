@@ -31,11 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from diffcore.lightning import DiffusionModule
+from diffcore.lightning import DiffusionModule, load_net, read_checkpoint
 from diffcore.lightning.base import LRDecay
 from diffcore.losses import Weighting, dsm_loss
 from diffcore.parameterization import NoiseInput, Prediction
-from diffcore.pretrained import class_path
 from diffcore.schedules import CosineSchedule, Schedule, schedule_from_config
 
 from ..mel import MelConfig, MelSpectrogram
@@ -375,11 +374,9 @@ class VAEModule(_MelBatches, DiffusionModule):
         print(f"latent statistics from {self.calibration_batches} training batches: shift {mean:.4f}, "
               f"scale {scale:.4f} (1 / std)")
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
+    def export_metadata(self) -> dict[str, Any]:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        checkpoint["t2s_vae"] = {"net_class": class_path(type(self.net)), "net_config": self.net.config,
-                                 "data": _data_settings(dm)}
+        return {"data": _data_settings(dm)}
 
 
 def _data_settings(dm: Any) -> dict[str, Any] | None:
@@ -390,16 +387,6 @@ def _data_settings(dm: Any) -> dict[str, Any] | None:
             "train_split": dm.train_split}
 
 
-def _load_net_weights(net: torch.nn.Module, ckpt: dict[str, Any], ema: bool) -> None:
-    """Load the checkpoint's EMA weights (or raw ones) into ``net`` (non-persistent buffers skipped)."""
-    if ema and "ema" in ckpt:
-        state = {**ckpt["ema"]["params"], **ckpt["ema"]["buffers"]}
-    else:
-        state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    own = net.state_dict()
-    net.load_state_dict({k: v for k, v in state.items() if k in own})
-
-
 def export_vae(checkpoint: str | os.PathLike, directory: str | os.PathLike, *, data: str | None = None,
                batches: int = 16, ema: bool = True) -> Path:
     """A ``VAEModule`` checkpoint -> a ``MelVAE`` directory, with the latent statistics measured on ``batches``
@@ -407,12 +394,7 @@ def export_vae(checkpoint: str | os.PathLike, directory: str | os.PathLike, *, d
 
     Lightning checkpoints are pickles: only export checkpoints you trust (your own runs).
     """
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    info = ckpt.get("t2s_vae")
-    if info is None:
-        raise ValueError(f"{checkpoint} is not a VAEModule checkpoint (no 't2s_vae' entry)")
-    vae = MelVAE(**info["net_config"])
-    _load_net_weights(vae, ckpt, ema)
+    vae, info = load_net(read_checkpoint(checkpoint, VAEModule), ema=ema)
     settings = dict(info.get("data") or {})
     if data is not None:
         settings["root"] = data
@@ -575,10 +557,8 @@ class LatentDiffusionModule(_MelBatches, DiffusionModule):
         with self.ema_weights():
             return self.pipeline(vocoder, **settings).save_pretrained(directory)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["t2s"] = {
-            "net_class": class_path(type(self.net)), "net_config": self.net.config,
+    def export_metadata(self) -> dict[str, Any]:
+        return {
             "vae_config": self.vae.config, "vae_state": {k: v.cpu() for k, v in self.vae.state_dict().items()},
             "text_encoder": self.text_encoder.reference(), "schedule": self.schedule.config(),
             "prediction": self.prediction, "noise_input": self.noise_input,
@@ -592,23 +572,14 @@ def export_pipeline(checkpoint: str | os.PathLike, directory: str | os.PathLike,
     guidance, sampler, ...). Only export checkpoints you trust (they are pickles)."""
     from .inference import AudioPipeline
 
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    info = ckpt.get("t2s")
-    if info is None:
-        raise ValueError(f"{checkpoint} is not a LatentDiffusionModule checkpoint (no 't2s' entry)")
-    module_name, _, qual = info["net_class"].partition(":")
-    import importlib
-
-    net_cls = getattr(importlib.import_module(module_name), qual)
-    net = net_cls(**info["net_config"])
-    _load_net_weights(net, ckpt, ema)
+    net, info = load_net(read_checkpoint(checkpoint, LatentDiffusionModule), ema=ema)
     vae = MelVAE(**info["vae_config"])
     vae.load_state_dict(info["vae_state"])
     if isinstance(vocoder, (str, os.PathLike)):
         from ..vocoder import Vocoder
 
         vocoder = Vocoder.from_pretrained(vocoder, expected_mel=vae.mel_config, what="the VAE")
-    pipe = AudioPipeline(vae, net.eval(), encoder_from_reference(info["text_encoder"]),
+    pipe = AudioPipeline(vae, net, encoder_from_reference(info["text_encoder"]),
                          schedule_from_config(info["schedule"]), info["prediction"], info["noise_input"],
                          vocoder=vocoder, **settings)
     return pipe.save_pretrained(directory)

@@ -227,6 +227,10 @@ class Vocoder(nn.Module):
         mel = (mel[None] if squeeze else mel).to(self.device, torch.float32)
         if mel.ndim != 3 or mel.shape[1] != self.mel_config.n_mels:
             raise ValueError(f"expected a mel of shape (B, {self.mel_config.n_mels}, frames), got {tuple(mel.shape)}")
+        if not torch.isfinite(mel).all():  # NaN/Inf would be vocoded into a full-scale noise burst
+            bad = int((~torch.isfinite(mel)).sum())
+            raise ValueError(f"the mel holds {bad} NaN or infinite value(s) of {mel.numel()}; fix the model or file "
+                             f"that produced it (a log-mel of silence is {self.mel_config.silence():.3g}, not -inf)")
         if generator is None and seed is not None:
             generator = torch.Generator(self.device).manual_seed(seed)
         ts = self.grid(steps, betas)

@@ -19,10 +19,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from diffcore.lightning import DiffusionModule
+from diffcore.lightning import DiffusionModule, load_net, read_checkpoint
 from diffcore.losses import dsm_loss
 from diffcore.parameterization import Prediction
-from diffcore.pretrained import class_path
 from diffcore.schedules import Schedule
 
 from ..mel import MelConfig, MelSpectrogram, mel_image, write_png
@@ -143,11 +142,9 @@ class VocoderModule(DiffusionModule):
     # ----------------------------------------------------------------------------------------------
     # checkpoints: enough to export a pretrained vocoder without the training code's arguments
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["vocoder"] = {"net_class": class_path(type(self.net)), "net_config": self.net.config,
-                                 "train_schedule": self.schedule.config(), "mel_config": self.mel_config.to_dict(),
-                                 "prediction": self.prediction}
+    def export_metadata(self) -> dict[str, Any]:
+        return {"train_schedule": self.schedule.config(), "mel_config": self.mel_config.to_dict(),
+                "prediction": self.prediction}
 
 
 def log_sample(logger: Any, wave: Tensor, mel: Tensor, mel_out: Tensor, sample_rate: int, step: int) -> None:
@@ -276,18 +273,7 @@ def export_checkpoint(checkpoint: str | Path, directory: str | Path, *, ema: boo
     """
     from diffcore.schedules import schedule_from_config
 
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    info = ckpt.get("vocoder")
-    if info is None:
-        raise ValueError(f"{checkpoint} is not a VocoderModule checkpoint (it has no 'vocoder' entry)")
-    if info["net_class"] != class_path(WaveGradNet):
-        raise ValueError(f"{checkpoint} holds a {info['net_class']}, not a WaveGradNet")
-    net = WaveGradNet(**info["net_config"])
-    if ema and "ema" in ckpt:
-        state = {**ckpt["ema"]["params"], **ckpt["ema"]["buffers"]}
-    else:
-        state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    net.load_state_dict({k: v for k, v in state.items() if k in net.state_dict()})
+    net, info = load_net(read_checkpoint(checkpoint, VocoderModule), ema=ema)
     vocoder = Vocoder(net, schedule_from_config(info["train_schedule"]), MelConfig.from_dict(info["mel_config"]),
                       prediction=info.get("prediction", "eps"))
     return vocoder.save_pretrained(directory)

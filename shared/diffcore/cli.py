@@ -4,20 +4,24 @@
     diffcore data path NAME [--size small]      # print where a set lives (built or not)
     diffcore data verify NAME [--size small]    # re-check every file against the manifest's checksums
     diffcore data system-deps [--install] [--browser]   # the Debian packages the builders (and report test) need
-    diffcore demo [--out runs/demo] [--smoke] [--fresh]  # the main job: data, all models, evaluations, report
     diffcore toy [--n 20000] [--seed 0] [--out runs/toy]
+    diffcore COMMAND ...                        # commands other packages register (the project's: demo)
 
-``data`` builds the built-in data sets (``diffcore.data``). ``demo`` builds the small sets, trains tiny
-models of all three kinds, evaluates them and writes ``<out>/report/index.html`` (``diffcore.demo``);
-run again, it reuses what is finished. ``toy`` runs every sampler on the Gaussian-mixture toy with its
-exact denoiser (``diffcore.toy``), prints how close each gets to the data, and writes the table as
-``toy.json`` and ``toy.csv`` into ``--out``.
+``data`` builds the data sets registered in the ``diffcore.datasets`` entry-point group (``diffcore.data``).
+``toy`` runs every sampler on the Gaussian-mixture toy with its exact denoiser (``diffcore.toy``), prints
+how close each gets to the data, and writes the table as ``toy.json`` and ``toy.csv`` into ``--out``.
+Packages add commands through the ``diffcore.commands`` group: each entry point is a function that
+takes the subparsers object and adds its parser with ``set_defaults(func=...)``.
+
+Errors a user can fix print one line, ``error: ...``, and exit with status 2; ``--debug`` shows the
+traceback (``diffcore.errors``).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib.metadata
 import json
 import os
 import sys
@@ -27,20 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from . import data, toy
+from .errors import DEBUG_FLAG, DEBUG_HELP, run_cli
 from .schedules import CosineSchedule
 
-
-def _demo(args: argparse.Namespace) -> int:
-    from .demo import DemoError, run_demo
-
-    try:
-        run_demo(args.out, profile="smoke" if args.smoke else "full", fresh=args.fresh, data_root=args.data_root,
-                 recipes=args.recipes, seed=args.seed, threads=args.threads, progress=not args.no_progress,
-                 vocoder=args.vocoder)
-    except (DemoError, data.MissingDependencyError, data.DataError) as e:
-        print(f"diffcore demo: {e}", file=sys.stderr)
-        return 2
-    return 0
+COMMANDS = "diffcore.commands"  # entry-point group of the commands other packages add
 
 
 def _toy(args: argparse.Namespace) -> int:
@@ -78,14 +72,10 @@ def _toy(args: argparse.Namespace) -> int:
 
 def _data(args: argparse.Namespace) -> int:
     if args.action == "system-deps":
-        packages = data.SYSTEM_PACKAGES + (data.BROWSER_PACKAGES if args.browser else ())
+        packages = data.system_packages() + (data.BROWSER_PACKAGES if args.browser else ())
         missing = data.missing_system_packages(packages)
         if args.install:
-            try:
-                data.install_system_packages(packages)
-            except data.MissingDependencyError as e:  # not root, no sudo: say what to run as root
-                print(f"diffcore data system-deps: {e}", file=sys.stderr)
-                return 2
+            data.install_system_packages(packages)  # not root, no sudo: its error says what to run as root
         elif missing:
             flag = " --browser" if args.browser else ""
             print("missing Debian packages; install them with: apt-get update && apt-get install "
@@ -95,8 +85,7 @@ def _data(args: argparse.Namespace) -> int:
               (", and Chromium for the report-page test" if args.browser else ""))
         return 0
     if args.name is None:
-        print("diffcore data: name the data set (speech, sounds, text or all)", file=sys.stderr)
-        return 2
+        raise data.DataError(f"name the data set: {', '.join(data.BUILDERS)} or all (e.g. diffcore data build all)")
     names = list(data.BUILDERS) if args.name == "all" else [args.name]
     for name in names:
         if args.action == "path":
@@ -108,12 +97,8 @@ def _data(args: argparse.Namespace) -> int:
             if bad:
                 return 1
         else:
-            try:
-                path = data.build(name, args.size, root=args.root, seed=args.seed, force=args.force,
-                                  progress=not args.no_progress)
-            except (data.MissingDependencyError, data.DataError, FileExistsError) as e:
-                print(f"diffcore data build {name}: {e}", file=sys.stderr)
-                return 2
+            path = data.build(name, args.size, root=args.root, seed=args.seed, force=args.force,
+                              progress=not args.no_progress)
             m = data.load_manifest(path)
             counts = ", ".join(f"{split} {data.describe_split(v)}" for split, v in m.get("splits", {}).items())
             print(f"{name}-{args.size}: {path} ({counts}; built in {m['build_seconds']:.0f} s on {m['created']})")
@@ -136,8 +121,22 @@ def positive_int(text: str) -> int:
     return value
 
 
+def resolve_device(name: str | None) -> str:
+    """The torch device of a ``--device`` flag: as given, else ``cuda`` when available, else ``cpu``."""
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """Document ``--debug`` in a parser's help (``run_cli`` takes it off the command line before parsing)."""
+    parser.add_argument(DEBUG_FLAG, action="store_true", help=DEBUG_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffcore", description="diffcore: the shared diffusion core.")
+    parser = argparse.ArgumentParser(prog="diffcore", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     dat = sub.add_parser("data", help="build the built-in data sets (speech, sounds, text)")
@@ -156,25 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
     dat.add_argument("--no-progress", action="store_true", help="no progress bars")
     dat.set_defaults(func=_data)
 
-    demo = sub.add_parser("demo", help="the main job: data, tiny models of all three kinds, evaluations, report",
-                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo); the report is "
-                                                         "<out>/report/index.html")
-    demo.add_argument("--smoke", action="store_true", help="tiny data and a few steps per model: every code path "
-                                                           "in minutes (what CI runs)")
-    demo.add_argument("--fresh", action="store_true", help="redo every stage (and rebuild the data sets) instead "
-                                                           "of reusing finished ones")
-    demo.add_argument("--data-root", default=None, help="where the data sets are built (default "
-                                                        "$DIFFCORE_DATA_HOME or ~/.cache/diffcore/data)")
-    demo.add_argument("--recipes", default=None, help="recipes folder (default: the checkout's recipes/)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of data, training and sampling (default 0)")
-    demo.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
-    demo.add_argument("--vocoder", default=None, metavar="DIR",
-                      help="a trained vocoder folder (audiodiff export, e.g. from recipes/vocoder/base.yaml on a "
-                           "GPU) to use instead of training the tiny one; it is copied, never modified")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
-    demo.set_defaults(func=_demo)
-
     toy = sub.add_parser("toy", help="run every sampler on a Gaussian-mixture toy with its exact denoiser")
     toy.add_argument("--n", type=positive_int, default=20_000, help="samples per sampler (default 20000)")
     toy.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -184,12 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="torch intra-op threads (default 1: the toy's tensors are too small to gain)")
     toy.add_argument("--no-progress", action="store_true", help="no progress bars")
     toy.set_defaults(func=_toy)
+
+    for ep in importlib.metadata.entry_points(group=COMMANDS):
+        ep.load()(sub)
     return parser
 
 
 def main(argv: Sequence[str | os.PathLike] | None = None) -> int:
-    args = build_parser().parse_args(None if argv is None else [os.fspath(a) for a in argv])
-    return args.func(args)
+    """``diffcore ARGS``: the exit status (2 with a one-line ``error:`` for an error the user can fix)."""
+    return run_cli(_dispatch, argv)
+
+
+def _dispatch(args: list[str]) -> int:
+    ns = build_parser().parse_args(args)
+    return ns.func(ns)
 
 
 if __name__ == "__main__":

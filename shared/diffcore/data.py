@@ -1,8 +1,9 @@
 """Built-in data sets: where they live, how they are built, and the manifest that describes them.
 
-A data set is built by a *builder* (``audiodiff.data.speech``, ``audiodiff.data.sounds``,
-``textdiff.data.text``): a module with ``VERSION`` and ``build(ctx: BuildContext) -> dict``. This module
-gives every builder the same guarantees:
+A data set is built by a *builder*: a module with ``VERSION``, ``SYSTEM_PACKAGES`` (the Debian packages it
+reads) and ``build(ctx: BuildContext) -> dict``. Packages register their builders under a name in the
+``diffcore.datasets`` entry-point group (see the project's ``pyproject.toml``), so the core finds them
+without naming them. This module gives every builder the same guarantees:
 
 * **Location**: ``<root>/<name>-<size>/`` with ``root`` from ``--root``, else ``$DIFFCORE_DATA_HOME``,
   else ``$XDG_CACHE_HOME/diffcore/data`` (``~/.cache/diffcore/data``).
@@ -41,26 +42,23 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .errors import UserError
+
 SIZES = ("tiny", "small", "full")
 MANIFEST = "manifest.json"
-BUILDERS: dict[str, str] = {
-    "speech": "audiodiff.data.speech",
-    "sounds": "audiodiff.data.sounds",
-    "text": "textdiff.data.text",
-}
+ENTRY_POINTS = "diffcore.datasets"
+# name -> builder module, from the installed packages' entry points (a test may add its own)
+BUILDERS: dict[str, str] = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINTS)}
 T = TypeVar("T")
-# Debian packages the builders read (see each builder's docstring); `diffcore data system-deps --install`.
-SYSTEM_PACKAGES = ("espeak-ng", "flite", "festival", "festvox-us-slt-hts", "festvox-kallpc16k", "festvox-kdlpc16k",
-                   "fluidsynth", "fluid-soundfont-gm", "wordnet-base", "tuxpaint-stamps-default")
 # The headless browser the demo report's test drives (`diffcore data system-deps --install --browser`).
 BROWSER_PACKAGES = ("chromium", "chromium-driver")
 
 
-class MissingDependencyError(RuntimeError):
+class MissingDependencyError(UserError, RuntimeError):
     """A program, package or file a builder needs is absent; the message names the install command."""
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data (unreadable file, wrong format, missing column); the message names file and fix."""
 
 
@@ -87,6 +85,9 @@ def dataset_dir(name: str, size: str = "small", root: str | os.PathLike | None =
 
 
 def _check_name_size(name: str, size: str) -> None:
+    if not BUILDERS:
+        raise MissingDependencyError(f"no data set builders are registered (entry-point group {ENTRY_POINTS}); "
+                                     "install the project with `pip install -e .`")
     if name not in BUILDERS:
         raise ValueError(f"unknown data set {name!r}; the built-in sets are {', '.join(BUILDERS)}")
     if size not in SIZES:
@@ -187,12 +188,20 @@ def download_deb(package: str, dest: Path) -> Path:
     return found()[-1]
 
 
-def missing_system_packages(packages: Sequence[str] = SYSTEM_PACKAGES) -> list[str]:
-    """The Debian ``packages`` (default: ``SYSTEM_PACKAGES``) that are not installed."""
+def system_packages(names: Iterable[str] | None = None) -> tuple[str, ...]:
+    """The Debian packages the builders of ``names`` (default: every registered set) read, in order."""
+    out: dict[str, None] = {}
+    for name in BUILDERS if names is None else names:
+        out.update(dict.fromkeys(getattr(importlib.import_module(BUILDERS[name]), "SYSTEM_PACKAGES", ())))
+    return tuple(out)
+
+
+def missing_system_packages(packages: Sequence[str]) -> list[str]:
+    """The Debian ``packages`` that are not installed."""
     return [p for p in packages if debian_version(p) is None]
 
 
-def install_system_packages(packages: Sequence[str] = SYSTEM_PACKAGES) -> None:
+def install_system_packages(packages: Sequence[str]) -> None:
     """Install the missing ``packages`` with apt-get (as root, or through sudo); the user asks for this
     explicitly (``diffcore data system-deps --install``), the builders never do it."""
     missing = missing_system_packages(packages)

@@ -16,6 +16,7 @@ is renamed into place once complete, so an interrupted save leaves the previous 
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import os
@@ -56,6 +57,15 @@ def capture_config(local_vars: Mapping[str, Any]) -> dict[str, Any]:
 def class_path(klass: type) -> str:
     """``module:QualName``, the name a class is stored under in config.json."""
     return f"{klass.__module__}:{klass.__qualname__}"
+
+
+def import_class(path: str) -> type:
+    """The class named ``module:QualName`` (the inverse of :func:`class_path`), importing its module."""
+    module, _, qual = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 class PretrainedMixin:

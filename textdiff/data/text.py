@@ -63,6 +63,7 @@ from textdiff.tokenizer import WHISPER_SDIST, Tokenizer
 __all__ = ["VERSION", "build", "open_tokens", "tokenize_files", "tokenize_text_dataset", "TokenStats"]
 
 VERSION = 1
+SYSTEM_PACKAGES = ("wordnet-base",)  # the Debian packages this builder reads (Austen's R data is downloaded)
 EVAL_FRACTION = 0.05  # of each source's groups, for validation and for test (at least one group each)
 WORDNET_DIR = Path("/usr/share/wordnet")
 WORDNET_BLOCK = 50  # synsets per WordNet document

@@ -1,7 +1,8 @@
 """Training plumbing shared by every diffusion system: the Lightning base module, EMA weights, atomic checkpoints."""
 
-from .base import DiffusionModule, NonFiniteLossError, lr_factor
+from .base import CHECKPOINT_KEY, DiffusionModule, NonFiniteLossError, load_net, lr_factor, read_checkpoint
 from .checkpoint import AtomicCheckpointIO
 from .ema import EMA
 
-__all__ = ["EMA", "AtomicCheckpointIO", "DiffusionModule", "NonFiniteLossError", "lr_factor"]
+__all__ = ["CHECKPOINT_KEY", "EMA", "AtomicCheckpointIO", "DiffusionModule", "NonFiniteLossError", "load_net",
+           "lr_factor", "read_checkpoint"]

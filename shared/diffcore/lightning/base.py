@@ -21,8 +21,12 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from ..pretrained import PretrainedMixin
+from ..pretrained import PretrainedMixin, class_path, import_class
 from .ema import EMA
+
+CHECKPOINT_KEY = "diffcore"
+"""The one checkpoint entry every ``DiffusionModule`` writes on save: the module and net classes, the net's
+config and the module's ``export_metadata()``; ``load_net`` rebuilds the trained net from it."""
 
 LRDecay = Literal["constant", "cosine", "linear"]
 _LR_DECAYS = ("constant", "cosine", "linear")
@@ -214,7 +218,14 @@ class DiffusionModule(L.LightningModule):
         with self.ema.swap(self.net):
             yield self.net
 
+    def export_metadata(self) -> dict[str, Any]:
+        """What exporting this module's net needs besides the net's class and config (schedule, mel
+        config, ...): stored in every checkpoint under ``CHECKPOINT_KEY``; subclasses extend it."""
+        return {}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"module_class": class_path(type(self)), "net_class": class_path(type(self.net)),
+                                      "net_config": self.net.config, **self.export_metadata()}
         if self.ema is None:
             return
         checkpoint["ema"] = self.ema.state_dict()
@@ -266,3 +277,48 @@ def _batch_size(batch: Any) -> int | None:
         if size is not None:
             return size
     return None
+
+
+# --------------------------------------------------------------------------------------------------
+# export: a training checkpoint -> the trained net
+
+
+def read_checkpoint(path: str | os.PathLike, module: type[DiffusionModule] | None = None) -> dict[str, Any]:
+    """The contents of a Lightning checkpoint written by a ``DiffusionModule`` (of class ``module`` or a
+    subclass, if given), with errors that name the file. Checkpoints are pickles: read only your own."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"no checkpoint at {p}; pass the .ckpt written while training "
+                                "(e.g. lightning_logs/version_0/checkpoints/last.ckpt)")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or not a torch file at all
+        raise ValueError(f"{p} is not a readable training checkpoint ({type(e).__name__}: {e})") from e
+    meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
+    if meta is None:
+        raise ValueError(f"{p} was not written by a diffcore DiffusionModule (no {CHECKPOINT_KEY!r} entry)")
+    if module is not None:
+        stored = import_class(meta["module_class"])
+        if not issubclass(stored, module):
+            raise ValueError(f"{p} is a {stored.__name__} checkpoint, not a {module.__name__} one; export it "
+                             f"with the command of the model it belongs to")
+    return ckpt
+
+
+def load_net(checkpoint: str | os.PathLike | dict[str, Any], ema: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained net of a checkpoint (a path or ``read_checkpoint``'s dict), rebuilt from its stored class
+    and config, in eval mode, and the checkpoint's metadata (``CHECKPOINT_KEY``).
+
+    Args:
+        ema: load the EMA weights when the checkpoint has them; ``False``: the raw training weights.
+    """
+    ckpt = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
+    meta = ckpt[CHECKPOINT_KEY]
+    net = import_class(meta["net_class"])(**meta["net_config"])
+    if ema and "ema" in ckpt:
+        state = {**ckpt["ema"]["params"], **ckpt["ema"]["buffers"]}
+    else:
+        state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    own = net.state_dict()  # non-persistent buffers are not in it and are rebuilt by the constructor
+    net.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
+    return net.eval(), meta

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data import describe_split
+from diffcore.data import describe_split
 
 # ---------------------------------------------------------------------------------------------------
 # small HTML helpers

@@ -3,10 +3,14 @@
     python bench/t2s.py --model runs/t2s-tiny --steps 10 25 50 100 --seconds 4
     python bench/t2s.py --steps 10 25 50 --device cuda --batch 8
     python bench/t2s.py                     # no --model: a random model shaped like recipes/t2s/ldm_tiny.yaml
+    python bench/t2s.py --train-step --threads 1   # a latent-model training step: from audio vs cached latents
 
 Times are wall-clock medians over ``--repeats`` runs after one warm-up run, split into the diffusion part
 (caption encoding + sampling + VAE decoding) and the waveform part (vocoder, or Griffin-Lim without one),
-per clip (divided by the batch). Memory: the peak allocated on the GPU (``torch.cuda.max_memory_allocated``),
+per clip (divided by the batch). ``--train-step`` instead times one training step (forward, backward,
+optimizer) of ``LatentDiffusionModule`` with the tiny recipe's shapes (batch 16, 256-frame segments, MiniLM
+caption states, cached in both cases): from audio (mel + VAE encoding every step, the old path) and from a
+``LatentCache`` batch (the denoiser alone). Memory: the peak allocated on the GPU (``torch.cuda.max_memory_allocated``),
 or on a CPU the process's peak resident set size (which includes the Python runtime and libraries).
 """
 
@@ -37,6 +41,63 @@ def random_pipeline(device: str) -> AudioPipeline:
     net = UNetDenoiser(in_channels=4, channels=(64, 128), attention_levels=(1,), emb_dim=128,
                        text_vocab_size=ByteTextEncoder.vocab_size)
     return AudioPipeline(vae, net, ByteTextEncoder()).to(device)
+
+
+OLD_LDM_NET = dict(channels=(32, 64), num_res_blocks=1, attention_levels=(1,), self_attention=True, heads=4,
+                   emb_dim=128, text_dim=384)  # recipes/t2s/ldm_tiny.yaml before the latent cache (batch 16)
+LDM_NET = dict(channels=(24, 48), num_res_blocks=1, attention_levels=(1,), self_attention=False, heads=4,
+               emb_dim=128, text_dim=384, pooled_text=True)  # recipes/t2s/ldm_tiny.yaml now (batch 12)
+
+
+def train_step_bench(repeats: int, frames: int = 256) -> dict[str, float]:
+    """Median seconds per training step (forward, backward, AdamW) of the tiny latent model, three ways: the
+    old recipe from audio (mel + VAE encoding every step), the old recipe from cached latents, and the
+    current recipe from cached latents. Repeats are interleaved, so all three see the same machine load."""
+    from audiodiff.t2s import LatentDiffusionModule, PretrainedTextEncoder
+
+    torch.manual_seed(0)
+    vae = MelVAE(latent_channels=4, channels=(16, 32, 64))
+    mels = [(-5 + 2 * torch.randn(2, 80, 64), None)]
+    vae.fit_input_statistics(mels)
+    vae.fit_latent_statistics(mels)
+    encoder = PretrainedTextEncoder()
+    hop = vae.mel_config.hop_length
+    cases = {}
+    for name, net_kw, batch, cached in (("old recipe, from audio", OLD_LDM_NET, 16, False),
+                                        ("old recipe, cached latents", OLD_LDM_NET, 16, True),
+                                        ("current recipe, cached latents", LDM_NET, 12, True)):
+        module = LatentDiffusionModule(UNetDenoiser(in_channels=4, **net_kw), vae, encoder, lr=1e-3)
+        module.log = lambda *a, **k: None  # no trainer attached
+        opt = torch.optim.AdamW(module.net.parameters(), lr=1e-3)
+        captions = [f"{n} short {p} beeps, fading out" for n, p in zip(range(batch), ["high", "low"] * batch)]
+        module.cache(captions + [""])  # captions encoded once in every case
+        audio = 0.1 * torch.randn(batch, frames * hop)
+        if cached:
+            with torch.no_grad():
+                q = vae.encode(module.mel_fn(audio))
+            raw = {"latent_mean": q.mean, "latent_std": q.std,
+                   "latent_frames": torch.full((batch,), q.mean.shape[-1]), "text": captions}
+        else:
+            raw = {"audio": audio, "frames": torch.full((batch,), frames), "text": captions}
+        cases[name] = (module, opt, raw, batch)
+
+    def step(name: str) -> None:
+        module, opt, raw, _ = cases[name]
+        loss = module.compute_loss(module.on_after_batch_transfer(dict(raw), 0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for name in cases:
+        step(name)  # warm-up
+    for _ in range(repeats):
+        for name in cases:
+            t0 = time.perf_counter()
+            step(name)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()} | \
+        {f"{name} per item": statistics.median(t) / cases[name][3] for name, t in times.items()}
 
 
 def peak_memory_mb(device: str) -> float:
@@ -70,9 +131,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", default=None, help="also write the rows to this file")
+    p.add_argument("--train-step", action="store_true", help="time a latent-model training step instead")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.train_step:
+        r = train_step_bench(max(args.repeats, 5))
+        print(f"latent-model training step (256-frame segments, MiniLM captions, torch threads "
+              f"{torch.get_num_threads()}):")
+        base = r["old recipe, from audio"]
+        for name in ("old recipe, from audio", "old recipe, cached latents", "current recipe, cached latents"):
+            print(f"  {name:<32} {r[name]:.3f} s/step ({r[name] / base:.2f}x), {r[name + ' per item']:.4f} s/item")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"train_step_s": r, "args": vars(args)}, indent=2) + "\n")
+        return 0
     pipe = AudioPipeline.from_pretrained(args.model, args.device) if args.model else random_pipeline(args.device)
     captions = ["three short high beeps, fading out", "a violin playing a low note twice"] * args.batch
     captions = captions[: args.batch]

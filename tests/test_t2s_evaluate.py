@@ -15,7 +15,17 @@ import torch
 from audiodiff.data import procedural
 from audiodiff.t2s import AudioPipeline, ByteTextEncoder, MelVAE, UNetDenoiser
 from audiodiff.t2s.cli import main
-from audiodiff.t2s.evaluate import ATTRIBUTES, adherence_report, frechet_distance, shuffled_within_kind
+from audiodiff.t2s.evaluate import (
+    ATTRIBUTES,
+    adherence_report,
+    expected_chance,
+    frechet_distance,
+    paired_word_test,
+    pitch_pairs,
+    shuffled_within_kind,
+    swap_pitch_word,
+    wilson_interval,
+)
 
 SR = 22050
 
@@ -37,6 +47,8 @@ def test_real_clips_as_generations_reach_the_ceiling_and_chance_stays_below():
     waves, rows = rendered(10)
     report = adherence_report(waves, waves, rows, SR, seed=0)
     assert report["generated"] == report["ceiling"]
+    assert all(v == pytest.approx(1.0) for v in report["of_ceiling"].values() if np.isfinite(v))
+    assert report["beats_chance"]["pitch"] and report["beats_chance"]["timbre"]
     assert report["ceiling"]["all_correct"] >= 0.9  # the generators' labels are measurable from the audio
     assert report["chance"]["all_correct"] < report["ceiling"]["all_correct"]
     assert set(ATTRIBUTES["procedural"]) <= set(report["chance"])
@@ -108,8 +120,69 @@ def test_evaluate_command_end_to_end(tmp_path):
     assert AudioPipeline.from_pretrained(model).guidance == result["best_guidance"]  # --save-best
     assert (tmp_path / "eval" / "classifier" / "config.json").is_file()
     assert (tmp_path / "eval" / "gen_00.wav").is_file()
+    ceiling = adherence["ceiling"]
+    assert set(adherence) >= {"ceiling_without_vae", "beats_chance", "of_ceiling"}
+    assert all(lo <= ceiling[k] <= hi for k, (lo, hi) in ceiling["interval"].items() if k != "all_correct")
 
 
 def test_frechet_distance_needs_two_clips_a_side():
     with pytest.raises(ValueError, match="at least 2 clips"):
         frechet_distance(np.zeros((1, 4)), np.zeros((3, 4)))
+
+
+def test_wilson_interval_known_values_and_properties():
+    lo, hi = wilson_interval(8, 10)
+    assert (lo, hi) == (pytest.approx(0.4902, abs=1e-4), pytest.approx(0.9433, abs=1e-4))  # the textbook example
+    assert wilson_interval(0, 20)[0] == 0.0 and 0.1 < wilson_interval(0, 20)[1] < 0.2
+    assert wilson_interval(5, 10) == pytest.approx((1 - wilson_interval(5, 10)[1], 1 - wilson_interval(5, 10)[0]))
+    w24, w96 = wilson_interval(12, 24), wilson_interval(48, 96)
+    assert w96[1] - w96[0] < 0.6 * (w24[1] - w24[0])  # 4x the rows: about half the width
+
+
+def test_expected_chance_is_the_independence_baseline():
+    assert expected_chance([("a", "a"), ("b", "b")]) == pytest.approx(0.5)  # 1/2 * 1/2 + 1/2 * 1/2
+    assert expected_chance([("a", "a"), ("a", "a"), ("b", "a")]) == pytest.approx(2 / 3)  # always answers "a"
+    assert expected_chance([("a", "b"), ("a", "b")]) == 0.0
+
+
+def test_pitch_word_swaps():
+    assert swap_pitch_word("three short high beeps", "procedural", "low") == "three short low beeps"
+    assert swap_pitch_word("a tone at a low pitch, fading", "procedural") == "a tone at a high pitch, fading"
+    assert swap_pitch_word("a deep low-pitched hum", "procedural") is None  # two pitch words: ambiguous
+    assert swap_pitch_word("a violin in its low register", "midi") == "a violin in its high register"
+    assert swap_pitch_word("a medium-pitched beep", "procedural") is None
+    rows = [{"kind": "procedural", "pitch": "high", "caption": "a shrill beep"},
+            {"kind": "procedural", "pitch": "medium", "caption": "a mid-range beep"},
+            {"kind": "midi", "register": "low", "caption": "a deep cello note"}]
+    assert [(p["low"], p["high"]) for p in pitch_pairs(rows)] == [("a deep beep", "a shrill beep"),
+                                                                 ("a deep cello note", "a upper cello note")]
+
+
+class _TonePipe:
+    """Renders a tone whose pitch follows the caption's pitch word (or ignores it), like a pipeline."""
+
+    sample_rate = SR
+
+    def __init__(self, follows: bool):
+        self.follows = follows
+
+    def __call__(self, captions, seconds, steps=None, guidance=None, seed=0):
+        t = np.arange(int(seconds * SR)) / SR
+        env = np.minimum(1, 50 * t) * np.minimum(1, 50 * (seconds - 0.5 - t)).clip(0)
+        waves = []
+        for i, c in enumerate(captions):
+            high = any(w in c.split() for w in ("high", "shrill", "upper"))
+            f = (2000.0 if high else 220.0) if self.follows else 220.0 * (1 + 0.1 * ((seed + i) % 3))
+            waves.append(torch.tensor(0.3 * np.sin(2 * np.pi * f * t) * env, dtype=torch.float32))
+
+        class Out:
+            audio = waves
+        return Out()
+
+
+def test_paired_word_test_counts_moves_the_right_way():
+    pairs = [{"kind": "procedural", "low": f"{n} low beeps", "high": f"{n} high beeps"} for n in range(6)]
+    good = paired_word_test(_TonePipe(True), pairs, seconds=1.0, batch_size=4)["pitch"]
+    assert good["right_way"] == 1.0 and good["n"] == 6 and good["interval"][0] > 0.5
+    deaf = paired_word_test(_TonePipe(False), pairs, seconds=1.0, batch_size=4)["pitch"]
+    assert deaf["right_way"] == 0.0  # the same seed gives the same clip: pitch does not move

@@ -346,3 +346,29 @@ def test_trained_denoiser_follows_the_caption(arch):
                 x = sample_ddim(cfg(D, scale, null), x_T, timesteps.uniform(20), sched, cond=cond)
                 means = x.mean(dim=(1, 2, 3))
                 assert torch.all(means * target[i] > 0.4), (arch, scale, i, means)
+
+
+def test_pooled_caption_conditioning_is_wired_and_ignores_padding():
+    from audiodiff.t2s import DiTDenoiser
+
+    torch.manual_seed(0)
+    for net in (UNetDenoiser(in_channels=2, channels=(8, 16), attention_levels=(1,), heads=2, emb_dim=16, text_dim=12,
+                             pooled_text=True),
+                DiTDenoiser(in_channels=2, latent_height=4, dim=16, depth=1, heads=2, emb_dim=16, text_dim=12,
+                            pooled_text=True)):
+        with torch.no_grad():  # zero-initialised output layers would hide every input
+            for name, prm in net.named_parameters():
+                if not name.startswith("text_pool") and not prm.any():
+                    prm.normal_(0, 0.3)
+        z, c = torch.randn(2, 2, 4, 8), torch.rand(2)
+        text, mask = torch.randn(2, 3, 12), torch.ones(2, 3, dtype=torch.bool)
+        base = net(z, c, text=text, text_mask=mask)
+        torch.nn.init.normal_(net.text_pool.weight)  # zero at init: the net starts as the one without it
+        with torch.no_grad():
+            out = net(z, c, text=text, text_mask=mask)
+            padded = net(z, c, text=torch.cat([text, 100 * torch.randn(2, 2, 12)], 1),
+                         text_mask=torch.cat([mask, torch.zeros(2, 2, dtype=torch.bool)], 1))
+            net.text_pool.weight.zero_()
+            torch.testing.assert_close(net(z, c, text=text, text_mask=mask), base)
+        assert not torch.allclose(out, base, atol=1e-4)  # the pooled caption reaches the output
+        torch.testing.assert_close(padded, out, atol=1e-5, rtol=1e-4)  # padding is not pooled

@@ -9,6 +9,10 @@
 * ``text_mask``: (B, L) bool, True at real tokens; padding never reaches the output.
 * ``frame_mask``: (B, W) bool, True at real latent frames; padded frames are hidden from self-attention.
 
+With ``pooled_text`` a linear projection of the caption's mean token state (over real tokens) is added to
+the noise-level embedding, so every residual block's FiLM sees the caption as well as the attention layers
+(the "pooled + token" conditioning of Imagen, Saharia et al. 2022, Sec. 2.2).
+
 Cross-attention (queries from the latent, keys and values from the caption) follows the latent diffusion
 UNet (Rombach et al. 2022, Sec. 3.3); the DiT follows Peebles & Xie 2023 (adaLN-Zero blocks over patches)
 with a cross-attention layer added to each block. Both attend to one extra learned key/value ("null
@@ -77,17 +81,31 @@ class CaptionDenoiser(nn.Module, PretrainedMixin):
     in_channels: int
 
     def _init_conditioning(self, emb_dim: int, text_dim: int | None, text_vocab_size: int | None,
-                           text_encoder_dim: int, text_encoder_depth: int) -> int:
+                           text_encoder_dim: int, text_encoder_depth: int, pooled_text: bool = False) -> int:
         self.time_embed = NoiseLevelEmbedding(emb_dim)
         self.text_dim = None if text_vocab_size is not None else text_dim
         if text_vocab_size is not None:
             self.caption_encoder = CaptionTransformer(text_vocab_size, text_encoder_dim, text_encoder_depth)
-            return text_encoder_dim
-        if text_dim is None:
+            ctx = text_encoder_dim
+        elif text_dim is None:
             raise ValueError("give text_dim (width of a pretrained encoder's states) or text_vocab_size "
                              "(token ids, with a caption encoder trained in the net)")
-        self.caption_encoder = None
-        return text_dim
+        else:
+            self.caption_encoder, ctx = None, text_dim
+        self.text_pool = nn.Linear(ctx, emb_dim) if pooled_text else None
+        if self.text_pool is not None:  # starts as the net without it
+            nn.init.zeros_(self.text_pool.weight)
+            nn.init.zeros_(self.text_pool.bias)
+        return ctx
+
+    def _embedding(self, c_noise: Tensor, batch: int, text: Tensor, text_mask: Tensor) -> Tensor:
+        """The noise-level embedding (B, emb_dim), plus the projected mean caption state with ``pooled_text``."""
+        emb = self.time_embed(c_noise.float().expand(batch) if c_noise.ndim == 0 else c_noise.float())
+        if self.text_pool is not None:
+            w = text_mask.to(text.dtype)[..., None]
+            pooled = (text * w).sum(1) / w.sum(1).clamp(min=1)
+            emb = emb + self.text_pool(pooled).to(emb.dtype)
+        return emb
 
     @property
     def uses_token_ids(self) -> bool:
@@ -174,17 +192,20 @@ class UNetDenoiser(CaptionDenoiser):
         text_dim: width of pretrained caption states; or ``text_vocab_size`` (+ ``text_encoder_dim``,
             ``text_encoder_depth``) for a caption encoder trained with the net, fed token ids (text_dim is then
             ignored).
-        dropout: in the residual blocks.
+        dropout: in the residual blocks. pooled_text: add the projected mean caption state to the noise-level
+            embedding (see the module doc).
     """
 
     def __init__(self, in_channels: int = 8, channels: Sequence[int] = (64, 128), num_res_blocks: int = 1,
                  attention_levels: Sequence[int] = (0, 1), self_attention: bool = True, heads: int = 4,
                  emb_dim: int = 256, text_dim: int | None = 384, text_vocab_size: int | None = None,
-                 text_encoder_dim: int = 128, text_encoder_depth: int = 2, dropout: float = 0.0, groups: int = 8):
+                 text_encoder_dim: int = 128, text_encoder_depth: int = 2, dropout: float = 0.0, groups: int = 8,
+                 pooled_text: bool = False):
         super().__init__()
         self.config = capture_config(locals())
         self.config.update(channels=list(channels), attention_levels=list(attention_levels))
-        ctx = self._init_conditioning(emb_dim, text_dim, text_vocab_size, text_encoder_dim, text_encoder_depth)
+        ctx = self._init_conditioning(emb_dim, text_dim, text_vocab_size, text_encoder_dim, text_encoder_depth,
+                                      pooled_text)
         self.in_channels, self.levels = in_channels, len(channels)
 
         def stage(cin: int, cout: int, level: int, self_attn: bool) -> nn.ModuleList:
@@ -234,7 +255,7 @@ class UNetDenoiser(CaptionDenoiser):
                 frame_mask: Tensor | None = None) -> Tensor:
         b, _, h, w = z_t.shape
         text, text_mask = self._text_states(text, text_mask)
-        emb = self.time_embed(c_noise.float().expand(b) if c_noise.ndim == 0 else c_noise.float())
+        emb = self._embedding(c_noise, b, text, text_mask)
         # pad both axes to a multiple of 2^(levels - 1); the padding is cut off at the end
         m = 2 ** (self.levels - 1)
         ph, pw = (-h) % m, (-w) % m
@@ -293,7 +314,7 @@ class DiTDenoiser(CaptionDenoiser):
     Args:
         in_channels: latent channels. latent_height: latent bands H (n_mels / VAE factor; fixed).
         patch: (bands, frames) per patch. dim, depth, heads: transformer size. emb_dim: noise embedding.
-        text_dim / text_vocab_size / text_encoder_dim / text_encoder_depth: as for ``UNetDenoiser``.
+        text_dim / text_vocab_size / text_encoder_dim / text_encoder_depth / pooled_text: as for ``UNetDenoiser``.
 
     Positions: a learned embedding per band row, a sinusoid of the frame index along time (so any number
     of frames works).
@@ -301,11 +322,13 @@ class DiTDenoiser(CaptionDenoiser):
 
     def __init__(self, in_channels: int = 8, latent_height: int = 20, patch: Sequence[int] = (2, 2), dim: int = 256,
                  depth: int = 6, heads: int = 4, emb_dim: int = 256, text_dim: int | None = 384,
-                 text_vocab_size: int | None = None, text_encoder_dim: int = 128, text_encoder_depth: int = 2):
+                 text_vocab_size: int | None = None, text_encoder_dim: int = 128, text_encoder_depth: int = 2,
+                 pooled_text: bool = False):
         super().__init__()
         self.config = capture_config(locals())
         self.config["patch"] = list(patch)
-        ctx = self._init_conditioning(emb_dim, text_dim, text_vocab_size, text_encoder_dim, text_encoder_depth)
+        ctx = self._init_conditioning(emb_dim, text_dim, text_vocab_size, text_encoder_dim, text_encoder_depth,
+                                      pooled_text)
         self.in_channels, self.patch, self.dim = in_channels, (int(patch[0]), int(patch[1])), dim
         ph, pw = self.patch
         self.rows = -(-latent_height // ph)
@@ -326,7 +349,7 @@ class DiTDenoiser(CaptionDenoiser):
         if h > self.rows * self.patch[0]:
             raise ValueError(f"latent has {h} bands; this DiT was built for {self.latent_height}")
         text, text_mask = self._text_states(text, text_mask)
-        emb = self.time_embed(c_noise.float().expand(b) if c_noise.ndim == 0 else c_noise.float())
+        emb = self._embedding(c_noise, b, text, text_mask)
         ph, pw = self.patch
         x = F.pad(z_t, (0, (-w) % pw, 0, self.rows * ph - h))
         cols = x.shape[-1] // pw

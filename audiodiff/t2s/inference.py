@@ -232,6 +232,19 @@ class AudioPipeline:
         guidance = float(guidance if guidance is not None else self.guidance)
         return prompts, (negatives if guidance != 1.0 else None), steps, guidance
 
+    def _sample_latents(self, prompts: list[str], negatives: list[str] | None, guidance: float, x_T: Tensor,
+                        ts: Tensor, *, seed: int | Sequence[int] | None, generator: torch.Generator | None = None,
+                        sampler: str | None = None, known: Known | None = None, guidance_rescale: float = 0.0,
+                        **sampler_kwargs: Any) -> Tensor:
+        """The latent-sampling step every generation mode shares: encode the captions, build the (guided)
+        denoiser and run the sampler from ``x_T`` over ``ts``; a stochastic sampler draws from ``generator``,
+        else from a generator seeded with the first seed."""
+        cond, uncond = self.encode_text(prompts, negatives)
+        D = self.make_denoiser(guidance, uncond, guidance_rescale)
+        gen = generator if generator is not None else (torch.Generator(self.device).manual_seed(_first(seed))
+                                                       if seed is not None else None)
+        return self.run_sampler(D, x_T, ts, cond, sampler=sampler, known=known, generator=gen, **sampler_kwargs)
+
     # ----------------------------------------------------------------------------------------------
     # generation
 
@@ -255,14 +268,11 @@ class AudioPipeline:
         """
         prompts, negatives, steps, guidance = self._setup(prompt, negative_prompt, steps, guidance)
         frames = self.frames_for(seconds)
-        cond, uncond = self.encode_text(prompts, negatives)
-        D = self.make_denoiser(guidance, uncond, guidance_rescale)
         ts = self.time_grid(steps)
         shape = (len(prompts), self.vae.latent_channels, self.vae.latent_height, self.vae.latent_frames(frames))
         x_T = float(self.schedule.sigma(float(ts[0]))) * self.initial_noise(shape, seed, generator)
-        gen = generator if generator is not None else (torch.Generator(self.device).manual_seed(_first(seed))
-                                                       if seed is not None else None)
-        z = self.run_sampler(D, x_T, ts, cond, sampler=sampler, generator=gen, **sampler_kwargs)
+        z = self._sample_latents(prompts, negatives, guidance, x_T, ts, seed=seed, generator=generator,
+                                 sampler=sampler, guidance_rescale=guidance_rescale, **sampler_kwargs)
         return self._decode(z, frames, prompts, _first(seed), render)
 
     @torch.no_grad()
@@ -312,13 +322,10 @@ class AudioPipeline:
         z_known, _ = self.vae.encode_latents(mel_full)
         keep = ~latent_frame_mask(regen, self.vae.factor)  # (B, W): latent frames untouched by the region
         keep4 = keep[:, None, None, :].expand_as(z_known)
-        cond, uncond = self.encode_text(prompts, negatives)
-        D = self.make_denoiser(guidance, uncond)
         ts = self.time_grid(steps)
         x_T = float(self.schedule.sigma(float(ts[0]))) * self.initial_noise(z_known.shape, seed, None)
-        gen = torch.Generator(self.device).manual_seed(_first(seed)) if seed is not None else None
-        z = self.run_sampler(D, x_T, ts, cond, sampler=sampler, known=Known(z_known, keep4), generator=gen,
-                             **sampler_kwargs)
+        z = self._sample_latents(prompts, negatives, guidance, x_T, ts, seed=seed, sampler=sampler,
+                                 known=Known(z_known, keep4), **sampler_kwargs)
         z = torch.where(keep4, z_known, z)
         out = self._decode(z, total, prompts, _first(seed), render=False)
         if paste:
@@ -361,10 +368,7 @@ class AudioPipeline:
         else:
             t = torch.full((z0.shape[0],), strength, dtype=torch.float64, device=self.device)
             x_T = self.schedule.add_noise(z0, t, noise)
-        cond, uncond = self.encode_text(prompts, negatives)
-        D = self.make_denoiser(guidance, uncond)
-        gen = torch.Generator(self.device).manual_seed(_first(seed)) if seed is not None else None
-        z = self.run_sampler(D, x_T, ts, cond, sampler=sampler, generator=gen, **sampler_kwargs)
+        z = self._sample_latents(prompts, negatives, guidance, x_T, ts, seed=seed, sampler=sampler, **sampler_kwargs)
         return self._decode(z, frames, prompts, _first(seed), render=True)
 
     # ----------------------------------------------------------------------------------------------

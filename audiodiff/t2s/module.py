@@ -8,21 +8,26 @@
 * ``LatentDiffusionModule``: trains a ``CaptionDenoiser`` on the frozen VAE's normalised latents with
   ``diffcore.losses.dsm_loss``; captions are encoded once (``CaptionCache``) and replaced by the empty
   caption with probability ``caption_dropout``, so one model gives the conditional and unconditional
-  predictions that classifier-free guidance combines.
+  predictions that classifier-free guidance combines. With a ``CaptionedMelDataModule`` the VAE posterior
+  of every clip is computed once before training (``LatentCache``), so a step costs the denoiser alone.
 
 ``export_vae`` / ``export_pipeline`` turn training checkpoints into a VAE directory / a pipeline directory.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -130,6 +135,148 @@ class CaptionedMelDataModule(L.LightningDataModule):
 def frame_mask(frames: Tensor, total: int) -> Tensor:
     """(B,) real-frame counts -> (B, total) bool mask."""
     return torch.arange(total, device=frames.device)[None, :] < frames.to(torch.long)[:, None]
+
+
+LATENT_CACHE_VERSION = 1
+
+
+def latent_cache_fingerprint(vae: MelVAE, segments: CaptionedSegments) -> str:
+    """A hash of everything a clip's cached posterior depends on: the VAE's weights and config (its mel
+    config included) and the data manifest (each used clip's metadata row, file size and modification time,
+    and the rate it is read at). Any change gives another fingerprint, so a stale cache is never read."""
+    h = hashlib.sha256(f"latent-cache-v{LATENT_CACHE_VERSION}".encode())
+    h.update(json.dumps(vae.config, sort_keys=True, default=str).encode())
+    for name, t in sorted(vae.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    items = getattr(segments.clips, "items", None)
+    h.update(str(getattr(segments.clips, "sample_rate", "")).encode())
+    for i in segments.indices:
+        row = dict(items[i]) if items is not None else {"index": i}
+        path = row.get("path")
+        if path and os.path.isfile(path):
+            st = os.stat(path)
+            row["_file"] = [st.st_size, st.st_mtime_ns]
+        h.update(json.dumps(row, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:24]
+
+
+class LatentCache:
+    """The frozen VAE's posterior (mean and std, raw latent units) of whole clips, computed once.
+
+    Both moments are kept, so training can still sample the posterior (``sample_latents``); the mean alone
+    would fix that choice at caching time. Clips are encoded whole and cropped in latent frames later, so a
+    crop is a crop of the clip's latent (it differs from encoding the cropped mel only near the crop's edges,
+    within the encoder's receptive field). ``frames[i]``: the real latent frames of clip i; ``captions[i]``
+    its caption.
+    """
+
+    def __init__(self, mean: list[Tensor], std: list[Tensor], frames: list[int], captions: list[str],
+                 fingerprint: str):
+        self.mean, self.std, self.frames, self.captions = mean, std, frames, captions
+        self.fingerprint = fingerprint
+
+    def __len__(self) -> int:
+        return len(self.mean)
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, vae: MelVAE, segments: CaptionedSegments, batch_size: int = 16,
+              fingerprint: str | None = None) -> LatentCache:
+        """Encode every clip of ``segments`` (each once, whatever its ``repeat``) with ``vae`` on the CPU."""
+        mel_fn = MelSpectrogram(vae.mel_config)
+        n = len(segments.indices)
+        mean: list[Tensor] = [torch.empty(0)] * n
+        std, frames, captions = list(mean), [0] * n, [""] * n
+        pending: dict[int, list[tuple[int, Tensor]]] = {}  # clip length -> (position, audio)
+
+        def flush(group: list[tuple[int, Tensor]]) -> None:
+            # clips of one length share a batch: no padding, so GroupNorm sees each clip as it would alone
+            mel = mel_fn(torch.stack([w for _, w in group]))
+            q = vae.encode(mel)
+            real = int(q.mask[0].sum())
+            for j, (k, _) in enumerate(group):
+                mean[k], std[k], frames[k] = q.mean[j, ..., :real].clone(), q.std[j, ..., :real].clone(), real
+
+        for k, i in enumerate(segments.indices):
+            item = segments.clips[i]
+            captions[k] = item.get("text") or ""
+            wave = torch.as_tensor(item["audio"], dtype=torch.float32).flatten()
+            group = pending.setdefault(wave.numel(), [])
+            group.append((k, wave))
+            if len(group) == batch_size:
+                flush(pending.pop(wave.numel()))
+        for group in pending.values():
+            flush(group)
+        return cls(mean, std, frames, captions, fingerprint or latent_cache_fingerprint(vae, segments))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """One safetensors file (written atomically): the clips' posteriors concatenated along frames."""
+        from diffcore.pretrained import save_state
+
+        save_state(path, {"mean": torch.cat(self.mean, -1), "std": torch.cat(self.std, -1)},
+                   {"fingerprint": self.fingerprint, "frames": self.frames, "captions": self.captions,
+                    "version": LATENT_CACHE_VERSION})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, fingerprint: str) -> LatentCache | None:
+        """The cache at ``path`` if it was made for ``fingerprint``, else None (missing or stale)."""
+        from diffcore.pretrained import load_state
+
+        if not Path(path).is_file():
+            return None
+        tensors, meta = load_state(path)
+        if meta.get("fingerprint") != fingerprint or meta.get("version") != LATENT_CACHE_VERSION:
+            return None
+        frames = [int(f) for f in meta["frames"]]
+        return cls(list(tensors["mean"].split(frames, -1)), list(tensors["std"].split(frames, -1)), frames,
+                   list(meta["captions"]), fingerprint)
+
+    @classmethod
+    def for_segments(cls, vae: MelVAE, segments: CaptionedSegments, path: str | os.PathLike | None = None,
+                     say: Any = print) -> LatentCache:
+        """Read the cache at ``path`` if it matches ``vae`` and the clips, else build it (and save it there)."""
+        fp = latent_cache_fingerprint(vae, segments)
+        cache = cls.load(path, fp) if path is not None else None
+        if cache is not None:
+            say(f"latent cache: {len(cache)} clips read from {path}")
+            return cache
+        t0 = time.perf_counter()
+        cache = cls.build(vae, segments, fingerprint=fp)
+        say(f"latent cache: {len(cache)} clips encoded in {time.perf_counter() - t0:.1f} s"
+            + (f", saved to {path}" if path is not None else ""))
+        if path is not None:
+            cache.save(path)
+        return cache
+
+
+class LatentSegments(Dataset):
+    """``CaptionedSegments`` read from a ``LatentCache``: the same clips, crops and captions, as latents.
+
+    Items: ``latent_mean`` / ``latent_std`` (C, H, W) with W = ceil(segment_frames / factor), zero past the
+    clip's end; ``latent_frames``: how many are real; ``text``: the caption. Random crops start on a latent
+    frame.
+    """
+
+    def __init__(self, segments: CaptionedSegments, cache: LatentCache, factor: int):
+        if len(cache) != len(segments.indices):
+            raise ValueError(f"the latent cache holds {len(cache)} clips, the segments {len(segments.indices)}")
+        self.segments, self.cache = segments, cache
+        self.width = -(-segments.frames // factor)
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        k = i % len(self.cache)
+        mean, std, n = self.cache.mean[k], self.cache.std[k], self.cache.frames[k]
+        start = random.randint(0, n - self.width) if self.segments.random and n > self.width else 0
+        real = min(self.width, n - start)
+        pad = (0, self.width - real)
+        return {"latent_mean": F.pad(mean[..., start:start + real], pad),
+                "latent_std": F.pad(std[..., start:start + real], pad), "latent_frames": real,
+                "text": self.cache.captions[k]}
 
 
 class _MelBatches:
@@ -297,12 +444,17 @@ class LatentDiffusionModule(_MelBatches, DiffusionModule):
         caption_dropout: probability of training a caption as the empty caption.
         sample_latents: train on posterior samples (True) or the posterior mean (False, the default).
         cache_path: a file to keep the caption encodings in between runs (None: in memory only).
+        cache_latents: with a ``CaptionedMelDataModule``, encode every clip once before training
+            (``LatentCache``) and train on those latents; False encodes each batch's audio at every step.
+        latent_cache_dir: a directory to keep the latent caches in between runs (``latents-<split>.safetensors``,
+            rebuilt when the VAE or the data change); None: in memory only.
     """
 
     def __init__(self, net: CaptionDenoiser, vae: str | MelVAE, text_encoder: TextEncoder | None = None,
                  schedule: Schedule | None = None, prediction: Prediction = "v", weighting: Weighting | None = None,
                  noise_input: NoiseInput = "t", caption_dropout: float = 0.1, sample_latents: bool = False,
-                 cache_path: str | None = None, lr: float = 1e-4, weight_decay: float = 0.0,
+                 cache_path: str | None = None, cache_latents: bool = True, latent_cache_dir: str | None = None,
+                 lr: float = 1e-4, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 0, lr_decay: LRDecay = "constant",
                  max_steps: int | None = None, ema_decay: float | None = 0.999, ema_warmup: bool = True):
         super().__init__(net, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
@@ -325,6 +477,7 @@ class LatentDiffusionModule(_MelBatches, DiffusionModule):
         self.mel_config = vae_model.mel_config
         self.mel_fn = MelSpectrogram(self.mel_config)
         self.cache = CaptionCache(self.text_encoder, cache_path)
+        self.cache_latents, self.latent_cache_dir = cache_latents, latent_cache_dir
 
     @property
     def vae(self) -> MelVAE:
@@ -332,6 +485,28 @@ class LatentDiffusionModule(_MelBatches, DiffusionModule):
 
     def setup(self, stage: str) -> None:
         self._check_data()
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit" and self.cache_latents and isinstance(dm, CaptionedMelDataModule):
+            self.use_latent_cache(dm)
+
+    def use_latent_cache(self, dm: CaptionedMelDataModule) -> None:
+        """Swap the data module's segments for ``LatentSegments`` of cached posteriors (read or built once),
+        and encode all their captions (and the empty one) into the caption cache."""
+        vae = self.vae.cpu()
+        captions = {""}
+        for split, attr in ((dm.train_split, "train_set"), (dm.val_split, "val_set")):
+            segments = getattr(dm, attr)
+            if isinstance(segments, CaptionedSegments):
+                path = Path(self.latent_cache_dir) / f"latents-{split}.safetensors" if self.latent_cache_dir else None
+                cache = LatentCache.for_segments(vae, segments, path)
+                setattr(dm, attr, LatentSegments(segments, cache, vae.factor))
+            if isinstance(getattr(dm, attr), LatentSegments):
+                captions |= set(getattr(dm, attr).cache.captions)
+        ordered = sorted(captions)
+        for a in range(0, len(ordered), 128):
+            self.cache(ordered[a:a + 128])
+        if self.cache.path is not None and self.cache.misses:
+            self.cache.save()
 
     def on_fit_start(self) -> None:
         self.vae.to(self.device)
@@ -348,8 +523,19 @@ class LatentDiffusionModule(_MelBatches, DiffusionModule):
             vae = self.vae.to(mel.device)
             return vae.encode_latents(mel, mask, sample=self.sample_latents and self.training)
 
+    def cached_latents(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Normalised latents and latent frame mask of a ``LatentSegments`` batch (a posterior sample in
+        training with ``sample_latents``, else the mean)."""
+        mean, std = batch["latent_mean"], batch["latent_std"]
+        raw = mean + std * torch.randn_like(mean) if self.sample_latents and self.training else mean
+        zmask = frame_mask(torch.as_tensor(batch["latent_frames"], device=mean.device), mean.shape[-1])
+        return (raw - self.vae.latent_shift.to(raw.device)) * self.vae.latent_scale.to(raw.device), zmask
+
     def compute_loss(self, batch: dict[str, Any]) -> Tensor:
-        z, zmask = self.latents(batch["mel"], batch["frame_mask"])  # (B, C, H, W), (B, W)
+        if "latent_mean" in batch:
+            z, zmask = self.cached_latents(batch)
+        else:
+            z, zmask = self.latents(batch["mel"], batch["frame_mask"])  # (B, C, H, W), (B, W)
         captions = list(batch["text"])
         gen = None if self.training else torch.Generator(z.device).manual_seed(0)
         if self.training and self.caption_dropout > 0:

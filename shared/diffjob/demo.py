@@ -58,6 +58,7 @@ class Profile:
     eval_seconds: float
     vocoder_eval_steps: tuple[int, ...]
     t2s_captions: int
+    t2s_pairs: int
     t2s_steps: int
     classifier_epochs: int
     text_windows: int
@@ -67,13 +68,13 @@ class Profile:
 
 
 PROFILES = {
-    "full": Profile("full", "small", vocoder_steps=400, vae_steps=300, ldm_steps=300, lm_steps=300, lm_batch_size=8,
+    "full": Profile("full", "small", vocoder_steps=400, vae_steps=300, ldm_steps=1000, lm_steps=300, lm_batch_size=8,
                     search_utterances=3, eval_utterances=8, eval_seconds=3.0, vocoder_eval_steps=(6, 50),
-                    t2s_captions=24, t2s_steps=25, classifier_epochs=3, text_windows=64, text_samples=8,
+                    t2s_captions=96, t2s_pairs=32, t2s_steps=25, classifier_epochs=3, text_windows=64, text_samples=8,
                     text_sample_steps=(8, 32, 128), val_batches=4),
     "smoke": Profile("smoke", "tiny", vocoder_steps=12, vae_steps=12, ldm_steps=12, lm_steps=12, lm_batch_size=4,
                      search_utterances=1, eval_utterances=2, eval_seconds=1.0, vocoder_eval_steps=(6, 50),
-                     t2s_captions=4, t2s_steps=4, classifier_epochs=1, text_windows=8, text_samples=2,
+                     t2s_captions=4, t2s_pairs=2, t2s_steps=4, classifier_epochs=1, text_windows=8, text_samples=2,
                      text_sample_steps=(4, 16), val_batches=1),
 }
 
@@ -197,7 +198,8 @@ def stage_t2s(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> dict[s
     ckpt = train(d, lightning_cli, recipes,
                  {"seed_everything": ctx.seed,
                   "model": {"init_args": {"vae": up["vae"]["result"]["model"],
-                                          "cache_path": str(d / "captions.safetensors")}},
+                                          "cache_path": str(d / "captions.safetensors"),
+                                          "latent_cache_dir": str(d)}},
                   "data": {"init_args": {"root": sounds}}},
                  p.ldm_steps, p.val_batches, ctx.progress)
     model = export_pipeline(ckpt, d / "model", steps=p.t2s_steps)
@@ -246,9 +248,9 @@ def eval_t2s(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> dict[st
     result = run_t2s_evaluation(up["t2s"]["result"]["model"], _data(up, "sounds"), out=d, n=p.t2s_captions,
                                 seed=ctx.seed, steps=p.t2s_steps, vocoder=vocoder,
                                 classifier_epochs=p.classifier_epochs, seconds=3.0 if p.name != "smoke" else 1.5,
-                                progress=lambda s: ctx.say(f"[eval_t2s] {s}"))
+                                pairs=p.t2s_pairs, progress=lambda s: ctx.say(f"[eval_t2s] {s}"))
     keep = ("n", "steps", "guidance", "sampler", "audio", "vae_logmel_l1", "seconds_per_clip", "adherence",
-            "frechet", "classifier_validation_accuracy", "seconds")
+            "paired", "frechet", "classifier_validation_accuracy", "seconds")
     return {**{k: result[k] for k in keep if k in result}, "eval_dir": str(d), "vocoder": vocoder,
             "audio_backend": backend}
 
@@ -303,7 +305,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("lm", stage_lm, ("data",), LM_FIELDS, ("textdiff/tiny.yaml",)),
     Stage("lm_ar", stage_lm, ("data",), LM_FIELDS, ("textdiff/tiny_ar.yaml",)),
     Stage("eval_t2s", eval_t2s, ("data", "t2s", "vocoder", "eval_vocoder"),
-          ("name", "t2s_captions", "t2s_steps", "classifier_epochs")),
+          ("name", "t2s_captions", "t2s_pairs", "t2s_steps", "classifier_epochs")),
     Stage("eval_text", eval_text, ("data", "lm", "lm_ar"), ("text_windows", "text_samples", "text_sample_steps")),
 )
 CURVES = ("vocoder", "vae", "t2s", "lm", "lm_ar")  # the training stages whose loss curves the report draws

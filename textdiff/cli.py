@@ -8,6 +8,11 @@ Training (LightningCLI; recipes in ``recipes/textdiff``; the AR twin has its own
         --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt          # resume
     textdiff validate|test -c ... --ckpt_path CKPT
 
+Token files with a small vocabulary learnt from the corpus (what the CPU recipes ``tiny_char*.yaml`` train on):
+
+    textdiff tokenize --tokenizer char --data text-small --sources shakespeare --out data/shakespeare_char
+    textdiff tokenize --tokenizer bpe:4096 --data my_corpus/ --out data/mine   # train/ validation/ test/ of .txt
+
 Export a checkpoint (EMA weights) with its data set's tokenizer to a ``from_pretrained`` folder:
 
     textdiff export CKPT OUT_DIR [--tokenizer DIR] [--raw-weights]
@@ -147,6 +152,26 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tokenize(args: argparse.Namespace) -> int:
+    from diffcore.data import DataError
+
+    from .data.loaders import tokenize_corpus
+
+    sources = [s for s in args.sources.split(",") if s] if args.sources else None
+    try:
+        info = tokenize_corpus(args.data, args.tokenizer, args.out, sources=sources, unknown=args.unknown,
+                               progress=not args.quiet)
+    except DataError as e:
+        raise ValueError(str(e)) from e
+    tok = info["tokenizer"]
+    print(f"wrote {args.out}: {tok['kind']} tokenizer, {tok['vocab_size']} ids (end-of-text {tok['eot_id']})")
+    for split, st in info["splits"].items():
+        print(f"  {split:<10} {st['documents']:>6} documents  {st['tokens']:>9} tokens  {st['characters']:>9} "
+              f"characters  ({st['characters'] / max(st['tokens'], 1):.2f} characters/token)"
+              + (f", {st['unknown']} unknown characters -> U+FFFD" if st.get("unknown") else ""))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from . import evaluate as ev
     from .inference import TextGenerator
@@ -207,6 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("template", help='text with slots, e.g. "The [MASK:20] of Denmark"')
     generation_options(p)
     p.set_defaults(func=_infill)
+
+    p = sub.add_parser("tokenize", help="token files with a tokenizer learnt from the corpus (char, byte, bpe:N)")
+    p.add_argument("--tokenizer", default="char",
+                   help="char, byte, bpe:N (byte-level BPE with N ids, e.g. bpe:4096) or gpt2 (default char)")
+    p.add_argument("--data", default="text-small",
+                   help="a built text set (text-tiny|text-small|text-full or its folder) or a folder with train/, "
+                        "validation/, test/ of .txt files (default text-small)")
+    p.add_argument("--sources", default=None,
+                   help="of a built set, only these comma-separated sources (shakespeare, milton, austen, wordnet)")
+    p.add_argument("--out", required=True, help="output folder (train/validation/test.bin, tokenizer/, tokens.json)")
+    p.add_argument("--unknown", choices=["replace", "error"], default="replace",
+                   help="char tokenizer: characters the training split lacks become U+FFFD (default) or stop with "
+                        "an error")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_tokenize)
 
     p = sub.add_parser("export", help="checkpoint -> from_pretrained folder (with the tokenizer)")
     p.add_argument("checkpoint")

@@ -180,17 +180,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     diff = TextGenerator.from_pretrained(args.model, device=device)
     ar = TextGenerator.from_pretrained(args.ar, device=device)
     out = ev.evaluate_pair(diff, ar, args.data, split=args.split, batch_size=args.batch_size,
-                           max_windows=args.max_windows, n_t=args.n_t, seed=args.seed, samples=args.samples,
+                           max_windows=args.max_windows, n_t=args.n_t, seed=args.seed, t_min=args.t_min,
+                           samples=args.samples,
                            steps_list=[int(s) for s in args.steps.split(",")] if args.samples else ())
     res = out["perplexity"]
-    d, a = res["diffusion"], res["ar"]
-    print(f"{args.split}: {d['tokens']} tokens in windows of {diff.net.max_len}")
-    print(f"  masked diffusion  NELBO <= {d['nll']:.4f} nats/token (MC s.e. {d['se']:.4f}), "
-          f"perplexity <= {d['ppl']:.2f}")
-    print(f"  AR twin           NLL    = {a['nll']:.4f} nats/token, perplexity = {a['ppl']:.2f}")
-    print(f"  gap: the diffusion bound is {res['gap_percent']:+.1f}% above the AR perplexity")
+    d = res["diffusion"]
+    print(f"{args.split}: {d['tokens']} tokens ({d.get('characters', '?')} characters) in windows of "
+          f"{diff.net.max_len}; {args.n_t} draws of (t, masks) per window, t in [{args.t_min:g}, 1]")
+    print(ev.format_table(ev.perplexity_rows(res), ["model", "nats/token", "ppl/token", "nats/char", "bits/char",
+                                                    "ppl/char"]))
+    print(f"  bound's Monte-Carlo s.e.: {d['se']:.4f} nats/token")
+    gap_char = f", {res['gap_percent_char']:+.1f}% per character" if "gap_percent_char" in res else ""
+    print(f"  gap: the diffusion bound is {res['gap_percent']:+.1f}% above the AR perplexity per token{gap_char}")
     if "samples" in out:
-        print(ev.format_table(out["samples"], ["sampler", "steps", "gen_ppl", "entropy", "nfe", "tokens_per_s"]))
+        print(ev.format_table(out["samples"], ["sampler", "steps", "gen_ppl", "gen_ppl_char", "entropy", "nfe",
+                                               "tokens_per_s"]))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
@@ -264,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-windows", type=int, default=None, help="evaluate on at most this many windows")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--n-t", type=int, default=4, help="draws of (t, masks) per window for the bound")
+    p.add_argument("--t-min", type=float, default=1e-3, help="the bound's times are drawn from [t_min, 1]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=0, help="also draw this many samples per step count")
     p.add_argument("--steps", default="8,32,128", help="comma-separated step counts for --samples")

@@ -49,7 +49,7 @@ from diffcore.data import dataset_dir
 from diffcore.discrete import LogLinearMasking, MaskingSchedule, masked_nelbo
 from diffcore.lightning import DiffusionModule
 from diffcore.lightning.base import LRDecay
-from diffcore.losses import TimeSampling
+from diffcore.losses import TimeSampling, sample_t
 from diffcore.pretrained import class_path
 
 from .data.loaders import open_tokens
@@ -122,6 +122,9 @@ class MaskedDiffusionModule(TextModule):
         net: a bidirectional ``TransformerNet`` (``causal=False``).
         schedule: the masking schedule (default log-linear, alpha_t = 1 - (1 - 1e-3) t, weight 1/t).
         time_sampling: "stratified" (low-discrepancy, MDLM's default), "antithetic" or "uniform".
+        t_min: training times are drawn from [t_min, 1]. The NELBO's weight is 1/t, so t near 0 gives rare
+            terms weighted up to 1/t_min: 1e-3 (MDLM's eps) keeps the loss's variance down at the cost of
+            leaving out the bound's [0, t_min) part, which a nearly unmasked window makes negligible.
         compile: wrap the net in ``torch.compile`` for training.
         Other arguments: ``DiffusionModule``'s optimizer, LR schedule and EMA.
     """
@@ -129,7 +132,8 @@ class MaskedDiffusionModule(TextModule):
     kind = "diffusion"
 
     def __init__(self, net: TransformerNet, schedule: MaskingSchedule | None = None,
-                 time_sampling: TimeSampling = "stratified", *, compile: bool = False, lr: float = 3e-4,
+                 time_sampling: TimeSampling = "stratified", t_min: float = 1e-3, *, compile: bool = False,
+                 lr: float = 3e-4,
                  weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.98), warmup_steps: int = 2500,
                  lr_decay: LRDecay = "constant", max_steps: int | None = None, ema_decay: float | None = 0.9999,
                  ema_warmup: bool = True):
@@ -140,6 +144,9 @@ class MaskedDiffusionModule(TextModule):
                          ema_warmup=ema_warmup)
         self.schedule = schedule if schedule is not None else LogLinearMasking()
         self.time_sampling = time_sampling
+        if not 0.0 < t_min < 1.0:
+            raise ValueError(f"t_min must be in (0, 1), got {t_min}")
+        self.t_min = t_min
 
     def logits_fn(self, z_t: Tensor, t: Tensor) -> Tensor:
         """``diffcore.discrete``'s ``logits_fn(z_t, t)`` for the training net."""
@@ -152,8 +159,9 @@ class MaskedDiffusionModule(TextModule):
 
     def compute_loss(self, batch: Any, generator: torch.Generator | None = None) -> Tensor:
         x0 = batch_tokens(batch)
-        return masked_nelbo(self.logits_fn, x0, self.schedule, self.net.mask_id, time_sampling=self.time_sampling,
-                            generator=generator, logits_at=self.logits_at)
+        t = sample_t(x0.shape[0], self.time_sampling, t_min=self.t_min, generator=generator, device=x0.device)
+        return masked_nelbo(self.logits_fn, x0, self.schedule, self.net.mask_id, t=t, generator=generator,
+                            logits_at=self.logits_at)
 
     def metadata(self) -> dict[str, Any]:
         return {**super().metadata(), "schedule": self.schedule.config()}

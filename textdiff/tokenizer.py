@@ -356,8 +356,8 @@ class BPETokenizer:
             tk.pre_tokenizers.Split(tk.Regex(GPT2_PATTERN), behavior="isolated"),
             tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
         tok.decoder = tk.decoders.ByteLevel()
-        trainer = tk.trainers.BpeTrainer(vocab_size=vocab_size - 1, initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
-                                         special_tokens=[], show_progress=False)
+        trainer = tk.trainers.BpeTrainer(vocab_size=vocab_size - 1, special_tokens=[], show_progress=False,
+                                         initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet())
         tok.train_from_iterator(texts, trainer)
         tok.add_special_tokens([EOT])
         return cls(tok)

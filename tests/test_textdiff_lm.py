@@ -469,6 +469,29 @@ def test_nelbo_at_masked_positions_only_equals_the_full_computation():
         net(x0, positions=torch.ones(3, 5, dtype=torch.bool))
 
 
+def test_masked_mean_training_loss():
+    """"masked_mean" averages each window's masked cross-entropy over its masked tokens (training only)."""
+    net = make_net(dtype=torch.float64)
+    module = MaskedDiffusionModule(net, ema_decay=None, train_loss="masked_mean").train()
+    x0 = rand_tokens(3, 12, seed=4)
+    g = torch.Generator().manual_seed(2)
+    t = sample_t(3, "stratified", t_min=module.t_min, generator=g)
+    alpha, _ = module.schedule(t.double())
+    z = mask_tokens(x0, alpha, V, generator=g)
+    logp = subs_log_probs(net(z), z, V)
+    nll = -logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    masked = z == V
+    by_hand = torch.stack([nll[i][masked[i]].mean() if masked[i].any() else nll.new_zeros(()) for i in range(3)])
+    loss = module.compute_loss(x0, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(loss, by_hand.mean(), rtol=1e-10)
+    module.eval()  # validation reports the NELBO whatever the training loss
+    assert torch.allclose(module.compute_loss(x0, generator=torch.Generator().manual_seed(2)),
+                          MaskedDiffusionModule(net, ema_decay=None).compute_loss(
+                              x0, generator=torch.Generator().manual_seed(2)), rtol=1e-12)
+    with pytest.raises(ValueError, match="train_loss must be"):
+        MaskedDiffusionModule(make_net(), train_loss="mse")
+
+
 def test_evaluate_pair_wants_the_diffusion_model_first():
     from textdiff.evaluate import evaluate_pair
 

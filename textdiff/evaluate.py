@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -89,7 +90,8 @@ def ar_perplexity(net: TransformerNet, windows: Iterable[Tensor]) -> dict[str, f
 
 def unigram_nll(train_tokens: Tensor | Any, windows: Iterable[Tensor], vocab_size: int) -> dict[str, float]:
     """The floor: a unigram model (training-split token frequencies, add-one smoothed) on the windows."""
-    counts = torch.bincount(torch.as_tensor(train_tokens[:], dtype=torch.long).reshape(-1), minlength=vocab_size)
+    ids = torch.from_numpy(np.asarray(train_tokens, dtype=np.int64).reshape(-1))  # a read-only memmap is fine
+    counts = torch.bincount(ids, minlength=vocab_size)
     logp = torch.log((counts[:vocab_size].double() + 1) / (counts[:vocab_size].sum() + vocab_size))
     total, n_tokens = 0.0, 0
     for x in windows:

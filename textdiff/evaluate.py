@@ -28,8 +28,7 @@ from diffcore.discrete import LogLinearMasking, MaskingSchedule, masked_nelbo
 from diffcore.losses import sample_t
 
 from .inference import TextGenerator, prompt_canvas
-from .model import TransformerNet
-from .module import ar_nll
+from .model import TransformerNet, ar_nll
 
 
 def _sync(device: torch.device) -> None:
@@ -222,7 +221,10 @@ def evaluate_pair(diffusion: TextGenerator, ar: TextGenerator, data: str | None,
     (a folder of .bin arrays; None: the built-in set): ``{"perplexity": compare_perplexity(...)}`` per token
     and per character, with the unigram floor, and, with ``samples`` > 0, ``"samples"``: ``sample_quality``
     rows at ``steps_list`` plus the real text's row."""
-    from .module import TokenDataModule
+    from diffcore.data import dataset_dir
+
+    from .data.loaders import open_tokens
+    from .data.windows import ContiguousWindows, check_tokens
 
     if diffusion.kind != "diffusion" or ar.kind != "ar":
         raise ValueError(f"got a {diffusion.kind!r} and an {ar.kind!r} model: pass the masked diffusion model first "
@@ -230,10 +232,14 @@ def evaluate_pair(diffusion: TextGenerator, ar: TextGenerator, data: str | None,
     if diffusion.net.vocab_size != ar.net.vocab_size:
         raise ValueError(f"the diffusion model has {diffusion.net.vocab_size} tokens and the AR twin "
                          f"{ar.net.vocab_size}: a twin shares the tokenizer")
-    dm = TokenDataModule(data, seq_len=diffusion.net.max_len, batch_size=batch_size, max_eval_windows=max_windows,
-                         vocab_size=diffusion.net.vocab_size)
-    windows = list(dm._loader(dm.eval_dataset(split), batch_size))
-    unigram = unigram_nll(dm.tokens("train"), windows, diffusion.net.vocab_size)
+    root = data if data is not None else dataset_dir("text", "small")
+    seq_len, vocab = diffusion.net.max_len, diffusion.net.vocab_size
+    tokens = open_tokens(root, split)
+    check_tokens(tokens, seq_len, vocab, f"{root}/{split}.bin")
+    dataset = ContiguousWindows(tokens, seq_len, max_windows)
+    windows = [torch.stack([dataset[i] for i in range(a, min(a + batch_size, len(dataset)))])
+               for a in range(0, len(dataset), batch_size)]
+    unigram = unigram_nll(open_tokens(root, "train"), windows, vocab)
     out: dict[str, Any] = {"perplexity": compare_perplexity(
         diffusion.net, ar.net, windows, diffusion.schedule, n_t=n_t, seed=seed, t_min=t_min,
         characters=window_characters(diffusion.tokenizer, windows), unigram=unigram)}

@@ -41,9 +41,8 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from diffcore.data import dataset_dir
 from diffcore.discrete import LogLinearMasking, MaskingSchedule, mask_tokens, masked_nelbo
@@ -54,7 +53,8 @@ from diffcore.losses import TimeSampling, sample_t
 from diffcore.pretrained import class_path
 
 from .data.loaders import open_tokens
-from .model import TransformerNet
+from .data.windows import ContiguousWindows, RandomWindows, check_tokens
+from .model import TransformerNet, ar_nll
 
 CHECKPOINT_KEY = "textdiff"
 """Checkpoint entry holding what ``textdiff export`` needs to rebuild the net without the recipe."""
@@ -212,69 +212,7 @@ class ARModule(TextModule):
         return ar_nll(self.run_net, batch_tokens(batch), self.net.mask_id)
 
 
-def ar_nll(net: torch.nn.Module, x: Tensor, bos_id: int, reduce: bool = True) -> Tensor:
-    """Next-token negative log-likelihood of windows x (B, L) given a BOS token, in nats per token.
-
-    ``net`` maps (B, L) ids to (B, L, V + 1) logits; returns the mean over all tokens, or the
-    per-window means (B,) with ``reduce=False``.
-    """
-    bos = torch.full_like(x[:, :1], bos_id)
-    logits = net(torch.cat([bos, x[:, :-1]], dim=1))
-    nll = F.cross_entropy(logits.flatten(0, 1).float(), x.flatten(), reduction="none").view_as(x)
-    return nll.mean() if reduce else nll.mean(1)
-
-
 # --- data: packed token windows -------------------------------------------------------------
-
-
-def _check(tokens: np.ndarray, seq_len: int, vocab_size: int | None, name: str) -> None:
-    if len(tokens) < seq_len:
-        raise ValueError(f"{name} holds {len(tokens)} tokens, fewer than one window of seq_len={seq_len}")
-    if vocab_size is not None and len(tokens):
-        top = int(tokens.max())
-        if top >= vocab_size:
-            raise ValueError(f"{name} holds token id {top}, outside the model's vocabulary of {vocab_size}")
-
-
-class RandomWindows(IterableDataset):
-    """Endless windows of ``seq_len`` tokens at uniform random offsets, as int64 tensors (seq_len,).
-
-    The stream's seed combines ``seed``, ``restarts`` (bumped on resume, so a resumed run does not
-    replay the windows it has already seen), the DDP rank and the dataloader worker.
-    """
-
-    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int = 0, restarts: int = 0):
-        self.tokens, self.seq_len, self.seed, self.restarts = tokens, seq_len, seed, restarts
-
-    def __iter__(self):
-        worker = get_worker_info()
-        rank = torch.distributed.get_rank() if torch.distributed.is_available() and \
-            torch.distributed.is_initialized() else 0
-        rng = np.random.default_rng([self.seed, self.restarts, rank, worker.id if worker else 0])
-        high = len(self.tokens) - self.seq_len + 1
-        while True:
-            start = int(rng.integers(0, high))
-            yield torch.from_numpy(self.tokens[start:start + self.seq_len].astype(np.int64))
-
-
-class ContiguousWindows(Dataset):
-    """The non-overlapping windows ``tokens[i L:(i + 1) L]``; with ``max_windows`` an evenly spaced
-    subset of them (always the same one)."""
-
-    def __init__(self, tokens: np.ndarray, seq_len: int, max_windows: int | None = None):
-        self.tokens, self.seq_len = tokens, seq_len
-        n = len(tokens) // seq_len
-        if max_windows is not None and max_windows < n:
-            self.index = np.linspace(0, n - 1, max_windows).round().astype(np.int64)
-        else:
-            self.index = np.arange(n)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        a = int(self.index[i]) * self.seq_len
-        return torch.from_numpy(self.tokens[a:a + self.seq_len].astype(np.int64))
 
 
 class TokenDataModule(L.LightningDataModule):
@@ -317,7 +255,7 @@ class TokenDataModule(L.LightningDataModule):
         """The split's token array (memory-mapped, checked once)."""
         if split not in self._tokens:
             arr = open_tokens(self.data_dir, split)
-            _check(arr, self.seq_len, self.vocab_size, str(self.data_dir / f"{split}.bin"))
+            check_tokens(arr, self.seq_len, self.vocab_size, str(self.data_dir / f"{split}.bin"))
             self._tokens[split] = arr
         return self._tokens[split]
 

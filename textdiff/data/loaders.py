@@ -7,6 +7,7 @@ users' data go through one code path::
     tokenize_files("my_texts/", tok, "mine/train.bin")                     # one document per .txt file
     tokenize_text_dataset("rows.jsonl", tok, "mine/validation.bin", text_column="body", streaming=True)
     ids = open_tokens("mine", "train")                                     # np.memmap of uint16
+    tokenize_corpus("text-small", "char", "shk_char", sources=["shakespeare"])  # a tokenizer learnt from the corpus
 """
 
 from __future__ import annotations

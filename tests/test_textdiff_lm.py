@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from diffcore.discrete import LogLinearMasking, mask_tokens, masked_nelbo, subs_log_probs
+from diffcore.losses import sample_t
 from textdiff import cli, inference
 from textdiff.evaluate import (
     ar_perplexity,
@@ -25,6 +26,8 @@ from textdiff.evaluate import (
     generative_perplexity,
     sample_quality,
     unigram_entropy,
+    unigram_nll,
+    window_characters,
 )
 from textdiff.inference import TextGenerator, parse_infill, prompt_canvas, sample_autoregressive
 from textdiff.model import KVCache, TransformerNet
@@ -320,18 +323,47 @@ def test_evaluation_figures():
     assert [r["steps"] for r in rows] == [2, 8, 12] and all(r["tokens_per_s"] > 0 for r in rows)
 
 
+def test_bound_uses_masked_positions_only_and_per_character_figures():
+    diff, ar = make_net(dtype=torch.float64), make_net(causal=True)
+    windows = [rand_tokens(4, 12, seed=s) for s in range(2)]
+    bound = diffusion_bound(diff, windows, n_t=2, seed=7, t_min=0.05)
+    g = torch.Generator().manual_seed(7)  # the same draws through the full-logits path, by hand
+    total = 0.0
+    for x in windows:
+        for _ in range(2):
+            t = sample_t(4, "stratified", t_min=0.05, generator=g)
+            assert bool((t >= 0.05).all())
+            total += float(masked_nelbo(lambda z, tt: diff(z), x, LogLinearMasking(), V, t=t, generator=g))
+    assert math.isclose(bound["nll"], total / 4, rel_tol=1e-9)
+    # per character: 96 tokens standing for 48 characters double every per-token nats figure
+    res = compare_perplexity(diff, ar, windows, n_t=2, characters=48,
+                             unigram={"nll": 3.0, "ppl": math.exp(3.0), "tokens": 96})
+    for key in ("diffusion", "ar", "unigram"):
+        r = res[key]
+        assert math.isclose(r["nats_per_char"], 2 * r["nll"]) and math.isclose(r["bits_per_char"],
+                                                                                  2 * r["nll"] / math.log(2))
+    assert math.isclose(res["gap_percent_char"],
+                        100 * (math.exp(2 * (res["diffusion"]["nll"] - res["ar"]["nll"])) - 1), rel_tol=1e-9)
+    # the unigram floor: add-one smoothed training frequencies
+    train = torch.tensor([0, 0, 0, 1])
+    uni = unigram_nll(train, [torch.tensor([[0, 1]])], vocab_size=3)
+    assert math.isclose(uni["nll"], -(math.log(4 / 7) + math.log(2 / 7)) / 2)
+    # characters of windows: the test tokenizer is one character per token, end-of-text one character
+    assert window_characters(TOK, [torch.tensor([[0, 1, TOK.eot_id, 2]])]) == 4
+
+
 # --------------------------------------------------------------------------------------------------
 # recipes, training, export and the CLI
 
 
 def test_twin_recipes_differ_only_in_the_model():
-    for size in ("tiny", "small"):
+    for size in ("tiny", "small", "tiny_char"):
         a = yaml.safe_load((RECIPES / "textdiff" / f"{size}.yaml").read_text())
         b = yaml.safe_load((RECIPES / "textdiff" / f"{size}_ar.yaml").read_text())
         assert a["data"] == b["data"] and a["trainer"] == b["trainer"] and a["seed_everything"] == b["seed_everything"]
         ma, mb = a["model"]["init_args"], b["model"]["init_args"]
         assert {**ma["net"]["init_args"], "causal": True} == mb["net"]["init_args"]
-        assert {k: v for k, v in ma.items() if k not in ("net", "schedule", "time_sampling")} == \
+        assert {k: v for k, v in ma.items() if k not in ("net", "schedule", "time_sampling", "t_min")} == \
             {k: v for k, v in mb.items() if k != "net"}
     with torch.device("meta"):  # count parameters without allocating them
         small = TransformerNet(**yaml.safe_load((RECIPES / "textdiff" / "small.yaml").read_text())
@@ -426,13 +458,38 @@ def test_nelbo_at_masked_positions_only_equals_the_full_computation():
                                 generator=torch.Generator().manual_seed(3), **kw) for kw in ({}, {"logits_at":
                                                                                            module.logits_at})]
     assert per_example[0].shape == (3,) and torch.allclose(per_example[0], per_example[1], rtol=1e-12)
+    g = torch.Generator().manual_seed(9)  # training draws t in [t_min, 1], then the masks, from one generator
+    t_train = sample_t(3, "stratified", t_min=module.t_min, generator=g)
+    assert bool((t_train >= module.t_min).all())
     assert torch.allclose(module.compute_loss(x0, generator=torch.Generator().manual_seed(9)),
-                          masked_nelbo(module.logits_fn, x0, module.schedule, V,
-                                       generator=torch.Generator().manual_seed(9)), rtol=1e-12)
+                          masked_nelbo(module.logits_fn, x0, module.schedule, V, t=t_train, generator=g), rtol=1e-12)
     with pytest.raises(ValueError, match="one row per selected position"):
         masked_nelbo(module.logits_fn, x0, module.schedule, V, t=t, logits_at=lambda z, tt, sel: net(z))
     with pytest.raises(ValueError, match="positions must be a bool mask"):
         net(x0, positions=torch.ones(3, 5, dtype=torch.bool))
+
+
+def test_masked_mean_training_loss():
+    """"masked_mean" averages each window's masked cross-entropy over its masked tokens (training only)."""
+    net = make_net(dtype=torch.float64)
+    module = MaskedDiffusionModule(net, ema_decay=None, train_loss="masked_mean").train()
+    x0 = rand_tokens(3, 12, seed=4)
+    g = torch.Generator().manual_seed(2)
+    t = sample_t(3, "stratified", t_min=module.t_min, generator=g)
+    alpha, _ = module.schedule(t.double())
+    z = mask_tokens(x0, alpha, V, generator=g)
+    logp = subs_log_probs(net(z), z, V)
+    nll = -logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    masked = z == V
+    by_hand = torch.stack([nll[i][masked[i]].mean() if masked[i].any() else nll.new_zeros(()) for i in range(3)])
+    loss = module.compute_loss(x0, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(loss, by_hand.mean(), rtol=1e-10)
+    module.eval()  # validation reports the NELBO whatever the training loss
+    assert torch.allclose(module.compute_loss(x0, generator=torch.Generator().manual_seed(2)),
+                          MaskedDiffusionModule(net, ema_decay=None).compute_loss(
+                              x0, generator=torch.Generator().manual_seed(2)), rtol=1e-12)
+    with pytest.raises(ValueError, match="train_loss must be"):
+        MaskedDiffusionModule(make_net(), train_loss="mse")
 
 
 def test_evaluate_pair_wants_the_diffusion_model_first():

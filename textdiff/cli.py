@@ -8,6 +8,11 @@ Training (LightningCLI; recipes in ``recipes/textdiff``; the AR twin has its own
         --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt          # resume
     textdiff validate|test -c ... --ckpt_path CKPT
 
+Token files with a small vocabulary learnt from the corpus (what the CPU recipes ``tiny_char*.yaml`` train on):
+
+    textdiff tokenize --tokenizer char --data text-small --sources shakespeare --out data/shakespeare_char
+    textdiff tokenize --tokenizer bpe:4096 --data my_corpus/ --out data/mine   # train/ validation/ test/ of .txt
+
 Export a checkpoint (EMA weights) with its data set's tokenizer to a ``from_pretrained`` folder:
 
     textdiff export CKPT OUT_DIR [--tokenizer DIR] [--raw-weights]
@@ -101,6 +106,26 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tokenize(args: argparse.Namespace) -> int:
+    from diffcore.data import DataError
+
+    from .data.loaders import tokenize_corpus
+
+    sources = [s for s in args.sources.split(",") if s] if args.sources else None
+    try:
+        info = tokenize_corpus(args.data, args.tokenizer, args.out, sources=sources, unknown=args.unknown,
+                               progress=not args.quiet)
+    except DataError as e:
+        raise ValueError(str(e)) from e
+    tok = info["tokenizer"]
+    print(f"wrote {args.out}: {tok['kind']} tokenizer, {tok['vocab_size']} ids (end-of-text {tok['eot_id']})")
+    for split, st in info["splits"].items():
+        print(f"  {split:<10} {st['documents']:>6} documents  {st['tokens']:>9} tokens  {st['characters']:>9} "
+              f"characters  ({st['characters'] / max(st['tokens'], 1):.2f} characters/token)"
+              + (f", {st['unknown']} unknown characters -> U+FFFD" if st.get("unknown") else ""))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from . import evaluate as ev
     from .inference import TextGenerator
@@ -109,17 +134,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     diff = TextGenerator.from_pretrained(args.model, device=device)
     ar = TextGenerator.from_pretrained(args.ar, device=device)
     out = ev.evaluate_pair(diff, ar, args.data, split=args.split, batch_size=args.batch_size,
-                           max_windows=args.max_windows, n_t=args.n_t, seed=args.seed, samples=args.samples,
+                           max_windows=args.max_windows, n_t=args.n_t, seed=args.seed, t_min=args.t_min,
+                           samples=args.samples,
                            steps_list=[int(s) for s in args.steps.split(",")] if args.samples else ())
     res = out["perplexity"]
-    d, a = res["diffusion"], res["ar"]
-    print(f"{args.split}: {d['tokens']} tokens in windows of {diff.net.max_len}")
-    print(f"  masked diffusion  NELBO <= {d['nll']:.4f} nats/token (MC s.e. {d['se']:.4f}), "
-          f"perplexity <= {d['ppl']:.2f}")
-    print(f"  AR twin           NLL    = {a['nll']:.4f} nats/token, perplexity = {a['ppl']:.2f}")
-    print(f"  gap: the diffusion bound is {res['gap_percent']:+.1f}% above the AR perplexity")
+    d = res["diffusion"]
+    print(f"{args.split}: {d['tokens']} tokens ({d.get('characters', '?')} characters) in windows of "
+          f"{diff.net.max_len}; {args.n_t} draws of (t, masks) per window, t in [{args.t_min:g}, 1]")
+    print(ev.format_table(ev.perplexity_rows(res), ["model", "nats/token", "ppl/token", "nats/char", "bits/char",
+                                                    "ppl/char"]))
+    print(f"  bound's Monte-Carlo s.e.: {d['se']:.4f} nats/token")
+    gap_char = f", {res['gap_percent_char']:+.1f}% per character" if "gap_percent_char" in res else ""
+    print(f"  gap: the diffusion bound is {res['gap_percent']:+.1f}% above the AR perplexity per token{gap_char}")
     if "samples" in out:
-        print(ev.format_table(out["samples"], ["sampler", "steps", "gen_ppl", "entropy", "nfe", "tokens_per_s"]))
+        print(ev.format_table(out["samples"], ["sampler", "steps", "gen_ppl", "gen_ppl_char", "entropy", "nfe",
+                                               "tokens_per_s"]))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
@@ -163,6 +192,21 @@ def build_parser() -> argparse.ArgumentParser:
     generation_options(p)
     p.set_defaults(func=_infill)
 
+    p = sub.add_parser("tokenize", help="token files with a tokenizer learnt from the corpus (char, byte, bpe:N)")
+    p.add_argument("--tokenizer", default="char",
+                   help="char, byte, bpe:N (byte-level BPE with N ids, e.g. bpe:4096) or gpt2 (default char)")
+    p.add_argument("--data", default="text-small",
+                   help="a built text set (text-tiny|text-small|text-full or its folder) or a folder with train/, "
+                        "validation/, test/ of .txt files (default text-small)")
+    p.add_argument("--sources", default=None,
+                   help="of a built set, only these comma-separated sources (shakespeare, milton, austen, wordnet)")
+    p.add_argument("--out", required=True, help="output folder (train/validation/test.bin, tokenizer/, tokens.json)")
+    p.add_argument("--unknown", choices=["replace", "error"], default="replace",
+                   help="char tokenizer: characters the training split lacks become U+FFFD (default) or stop with "
+                        "an error")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_tokenize)
+
     p = sub.add_parser("export", help="checkpoint -> from_pretrained folder (with the tokenizer)")
     p.add_argument("checkpoint")
     p.add_argument("out")
@@ -179,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-windows", type=int, default=None, help="evaluate on at most this many windows")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--n-t", type=int, default=4, help="draws of (t, masks) per window for the bound")
+    p.add_argument("--t-min", type=float, default=1e-3, help="the bound's times are drawn from [t_min, 1]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=0, help="also draw this many samples per step count")
     p.add_argument("--steps", default="8,32,128", help="comma-separated step counts for --samples")

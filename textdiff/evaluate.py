@@ -20,14 +20,15 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from diffcore.discrete import LogLinearMasking, MaskingSchedule, masked_nelbo
+from diffcore.losses import sample_t
 
 from .inference import TextGenerator, prompt_canvas
-from .model import TransformerNet
-from .module import ar_nll
+from .model import TransformerNet, ar_nll
 
 
 def _sync(device: torch.device) -> None:
@@ -37,11 +38,15 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def diffusion_bound(net: TransformerNet, windows: Iterable[Tensor], schedule: MaskingSchedule | None = None, *,
-                    n_t: int = 4, seed: int = 0) -> dict[str, float]:
+                    n_t: int = 4, seed: int = 0, t_min: float = 1e-3) -> dict[str, float]:
     """NELBO of a masked diffusion net on batches of windows (B, L): nats/token, perplexity bound, SE.
 
-    Each batch is evaluated ``n_t`` times with stratified t (one t per window), from a generator
-    seeded with ``seed``, so the figure is reproducible.
+    Each batch is evaluated ``n_t`` times with stratified t in [``t_min``, 1] (one t per window), from a
+    generator seeded with ``seed``, so the figure is reproducible. The output layer runs only at the
+    masked positions (``masked_nelbo``'s ``logits_at``), the same value as full logits at a fraction of
+    the cost. ``t_min``: the integral's [0, t_min) part is left out (with a log-linear schedule it is about
+    t_min times the per-token NLL of a single masked token: 0.1% at 1e-3), and in exchange the estimate
+    does not carry rare terms weighted 1/t up to 1e5 (``t_min`` 1e-5), whose spread swamps it.
     """
     if n_t < 1:
         raise ValueError("n_t must be >= 1")
@@ -50,12 +55,14 @@ def diffusion_bound(net: TransformerNet, windows: Iterable[Tensor], schedule: Ma
     g = torch.Generator(device).manual_seed(seed)
     use_t = net.time_conditioning
     fn = lambda z, t: net(z, t if use_t else None)  # noqa: E731
+    at = lambda z, t, positions: net(z, t if use_t else None, positions=positions)  # noqa: E731
     totals = torch.zeros(n_t, dtype=torch.float64)
     n_tokens = 0
     for x in windows:
         x = x.to(device).long()
         for k in range(n_t):
-            per_window = masked_nelbo(fn, x, schedule, net.mask_id, generator=g, reduce=False)
+            t = sample_t(x.shape[0], "stratified", t_min=t_min, generator=g, device=device)
+            per_window = masked_nelbo(fn, x, schedule, net.mask_id, t=t, generator=g, reduce=False, logits_at=at)
             totals[k] += float(per_window.double().sum()) * x.shape[1]
         n_tokens += x.numel()
     if n_tokens == 0:
@@ -80,22 +87,76 @@ def ar_perplexity(net: TransformerNet, windows: Iterable[Tensor]) -> dict[str, f
     return {"nll": total / n_tokens, "ppl": math.exp(total / n_tokens), "tokens": n_tokens}
 
 
+def unigram_nll(train_tokens: Tensor | Any, windows: Iterable[Tensor], vocab_size: int) -> dict[str, float]:
+    """The floor: a unigram model (training-split token frequencies, add-one smoothed) on the windows."""
+    ids = torch.from_numpy(np.asarray(train_tokens, dtype=np.int64).reshape(-1))  # a read-only memmap is fine
+    counts = torch.bincount(ids, minlength=vocab_size)
+    logp = torch.log((counts[:vocab_size].double() + 1) / (counts[:vocab_size].sum() + vocab_size))
+    total, n_tokens = 0.0, 0
+    for x in windows:
+        total -= float(logp[x.long().reshape(-1).cpu()].sum())
+        n_tokens += x.numel()
+    if n_tokens == 0:
+        raise ValueError("no windows to evaluate")
+    return {"nll": total / n_tokens, "ppl": math.exp(total / n_tokens), "tokens": n_tokens}
+
+
+def per_character(figures: dict[str, Any], characters: int) -> dict[str, Any]:
+    """``figures`` (nll in nats/token over ``figures["tokens"]`` tokens) with the per-character view added:
+    nats_per_char, bits_per_char and ppl_per_char, over the ``characters`` those tokens stand for."""
+    nats = figures["nll"] * figures["tokens"] / characters
+    return {**figures, "characters": characters, "nats_per_char": nats, "bits_per_char": nats / math.log(2),
+            "ppl_per_char": math.exp(nats)}
+
+
+def window_characters(tokenizer: Any, windows: Iterable[Tensor]) -> int:
+    """Characters the windows stand for (each decoded on its own; end-of-text counts as one character)."""
+    from .tokenizer import count_characters
+
+    return sum(count_characters(tokenizer, row.cpu().numpy()) for x in windows for row in x)
+
+
 def compare_perplexity(diffusion: TransformerNet, ar: TransformerNet, windows: Sequence[Tensor],
-                       schedule: MaskingSchedule | None = None, *, n_t: int = 4, seed: int = 0) -> dict[str, Any]:
-    """The diffusion bound and the AR perplexity on the same windows, and the gap between them in %."""
-    bound = diffusion_bound(diffusion, windows, schedule, n_t=n_t, seed=seed)
+                       schedule: MaskingSchedule | None = None, *, n_t: int = 4, seed: int = 0,
+                       t_min: float = 1e-3, characters: int | None = None,
+                       unigram: dict[str, float] | None = None) -> dict[str, Any]:
+    """The diffusion bound and the AR perplexity on the same windows, and the gap between them in %.
+
+    With ``characters`` (what the windows' tokens decode to; ``window_characters``) each figure also comes
+    per character and ``gap_percent_char`` compares per-character perplexities (with one tokenizer the two
+    gaps differ, as perplexities are powers of each other). ``unigram`` (``unigram_nll``) is the floor.
+    """
+    bound = diffusion_bound(diffusion, windows, schedule, n_t=n_t, seed=seed, t_min=t_min)
     exact = ar_perplexity(ar, windows)
-    return {"diffusion": bound, "ar": exact, "gap_percent": 100.0 * (bound["ppl"] / exact["ppl"] - 1.0)}
+    out: dict[str, Any] = {"diffusion": bound, "ar": exact, "gap_percent": 100.0 * (bound["ppl"] / exact["ppl"] - 1.0)}
+    if unigram is not None:
+        out["unigram"] = unigram
+    if characters:
+        for key in ("diffusion", "ar", "unigram"):
+            if key in out:
+                out[key] = per_character(out[key], characters)
+        out["gap_percent_char"] = 100.0 * (out["diffusion"]["ppl_per_char"] / out["ar"]["ppl_per_char"] - 1.0)
+    return out
 
 
 @torch.no_grad()
-def generative_perplexity(scorer: TransformerNet, samples: Tensor, batch_size: int = 16) -> float:
-    """exp(mean NLL per token) of full samples (N, L) under a causal scorer net (the AR twin)."""
+def generative_nll(scorer: TransformerNet, samples: Tensor, batch_size: int = 16) -> float:
+    """Total NLL (nats) of full samples (N, L) under a causal scorer net (the AR twin)."""
     device = next(scorer.parameters()).device
     total = 0.0
     for chunk in samples.split(batch_size):
         total += float(ar_nll(scorer, chunk.to(device).long(), scorer.mask_id, reduce=False).double().sum())
-    return math.exp(total / samples.shape[0])
+    return total * samples.shape[1]
+
+
+def generative_perplexity(scorer: TransformerNet, samples: Tensor, batch_size: int = 16) -> float:
+    """exp(mean NLL per token) of full samples (N, L) under a causal scorer net (the AR twin)."""
+    return math.exp(generative_nll(scorer, samples, batch_size) / samples.numel())
+
+
+def generative_perplexity_per_char(scorer: TransformerNet, samples: Tensor, tokenizer: Any) -> float:
+    """exp(NLL per character) of samples (N, L) under the scorer: compares across tokenizers."""
+    return math.exp(generative_nll(scorer, samples) / window_characters(tokenizer, [samples]))
 
 
 def unigram_entropy(samples: Tensor) -> float:
@@ -108,9 +169,13 @@ def unigram_entropy(samples: Tensor) -> float:
     return sum(out) / len(out)
 
 
-def reference_quality(scorer: TransformerNet, windows: Tensor) -> dict[str, float]:
-    """Generative perplexity and unigram entropy of real text windows (N, L): what samples should match."""
-    return {"gen_ppl": generative_perplexity(scorer, windows), "entropy": unigram_entropy(windows)}
+def reference_quality(scorer: TransformerNet, windows: Tensor, tokenizer: Any = None) -> dict[str, float]:
+    """Generative perplexity (per token, and per character given the ``tokenizer``) and unigram entropy of
+    real text windows (N, L): what samples should match."""
+    out = {"gen_ppl": generative_perplexity(scorer, windows), "entropy": unigram_entropy(windows)}
+    if tokenizer is not None:
+        out["gen_ppl_char"] = generative_perplexity_per_char(scorer, windows, tokenizer)
+    return out
 
 
 def timed_fill(gen: TextGenerator, n: int, length: int, steps: int | None, seed: int,
@@ -128,45 +193,74 @@ def sample_quality(diffusion: TextGenerator, ar: TextGenerator, steps_list: Sequ
                    length: int | None = None, seed: int = 0, **kw: Any) -> list[dict[str, Any]]:
     """Unconditional samples of ``length`` tokens at each step count, and the AR twin's own samples.
 
-    Each row: sampler, steps, gen_ppl (scored by the AR twin), entropy, nfe (network calls),
+    Each row: sampler, steps, gen_ppl (scored by the AR twin; gen_ppl_char per character), entropy, nfe
+    (network calls),
     seconds and tokens_per_s (n * length / seconds). Extra keyword arguments (method, block_size,
     temperature, top_k, top_p) go to the diffusion sampler.
     """
     length = length or diffusion.net.max_len
     rows = []
+
+    def row(sampler: str, steps: int, tokens: Tensor, nfe: int | None, secs: float) -> dict[str, Any]:
+        return {"sampler": sampler, "steps": steps, "gen_ppl": generative_perplexity(ar.net, tokens),
+                "gen_ppl_char": generative_perplexity_per_char(ar.net, tokens, ar.tokenizer),
+                "entropy": unigram_entropy(tokens), "nfe": nfe, "seconds": secs, "tokens_per_s": n * length / secs}
+
     for steps in steps_list:
         tokens, secs, nfe = timed_fill(diffusion, n, length, steps, seed, **kw)
-        rows.append({"sampler": f"diffusion ({kw.get('method', 'ancestral')})", "steps": steps,
-                     "gen_ppl": generative_perplexity(ar.net, tokens), "entropy": unigram_entropy(tokens),
-                     "nfe": nfe, "seconds": secs, "tokens_per_s": n * length / secs})
+        rows.append(row(f"diffusion ({kw.get('method', 'ancestral')})", steps, tokens, nfe, secs))
     tokens, secs, _ = timed_fill(ar, n, length, None, seed)
-    rows.append({"sampler": "AR twin (KV cache)", "steps": length, "gen_ppl": generative_perplexity(ar.net, tokens),
-                 "entropy": unigram_entropy(tokens), "nfe": length, "seconds": secs,
-                 "tokens_per_s": n * length / secs})
+    rows.append(row("AR twin (KV cache)", length, tokens, length, secs))
     return rows
 
 
 def evaluate_pair(diffusion: TextGenerator, ar: TextGenerator, data: str | None, *, split: str = "test",
                   batch_size: int = 16, max_windows: int | None = None, n_t: int = 4, seed: int = 0,
-                  samples: int = 0, steps_list: Sequence[int] = ()) -> dict[str, Any]:
+                  t_min: float = 1e-3, samples: int = 0, steps_list: Sequence[int] = ()) -> dict[str, Any]:
     """The evaluation of a masked diffusion model against its AR twin on ``split`` of the token set ``data``
-    (a folder of .bin arrays; None: the built-in set): ``{"perplexity": compare_perplexity(...)}`` and, with
-    ``samples`` > 0, ``"samples"``: ``sample_quality`` rows at ``steps_list`` plus the real text's row."""
-    from .module import TokenDataModule
+    (a folder of .bin arrays; None: the built-in set): ``{"perplexity": compare_perplexity(...)}`` per token
+    and per character, with the unigram floor, and, with ``samples`` > 0, ``"samples"``: ``sample_quality``
+    rows at ``steps_list`` plus the real text's row."""
+    from diffcore.data import dataset_dir
+
+    from .data.loaders import open_tokens
+    from .data.windows import ContiguousWindows, check_tokens
 
     if diffusion.kind != "diffusion" or ar.kind != "ar":
         raise ValueError(f"got a {diffusion.kind!r} and an {ar.kind!r} model: pass the masked diffusion model first "
                          "and its autoregressive twin second (on the command line: --model and --ar)")
-    dm = TokenDataModule(data, seq_len=diffusion.net.max_len, batch_size=batch_size, max_eval_windows=max_windows,
-                         vocab_size=diffusion.net.vocab_size)
-    windows = list(dm._loader(dm.eval_dataset(split), batch_size))
-    out: dict[str, Any] = {"perplexity": compare_perplexity(diffusion.net, ar.net, windows, diffusion.schedule,
-                                                            n_t=n_t, seed=seed)}
+    if diffusion.net.vocab_size != ar.net.vocab_size:
+        raise ValueError(f"the diffusion model has {diffusion.net.vocab_size} tokens and the AR twin "
+                         f"{ar.net.vocab_size}: a twin shares the tokenizer")
+    root = data if data is not None else dataset_dir("text", "small")
+    seq_len, vocab = diffusion.net.max_len, diffusion.net.vocab_size
+    tokens = open_tokens(root, split)
+    check_tokens(tokens, seq_len, vocab, f"{root}/{split}.bin")
+    dataset = ContiguousWindows(tokens, seq_len, max_windows)
+    windows = [torch.stack([dataset[i] for i in range(a, min(a + batch_size, len(dataset)))])
+               for a in range(0, len(dataset), batch_size)]
+    unigram = unigram_nll(open_tokens(root, "train"), windows, vocab)
+    out: dict[str, Any] = {"perplexity": compare_perplexity(
+        diffusion.net, ar.net, windows, diffusion.schedule, n_t=n_t, seed=seed, t_min=t_min,
+        characters=window_characters(diffusion.tokenizer, windows), unigram=unigram)}
     if samples:
         rows = sample_quality(diffusion, ar, steps_list, n=samples, seed=seed)
-        rows.append({"sampler": "real text", **reference_quality(ar.net, torch.cat(windows)[:samples])})
+        rows.append({"sampler": "real text", **reference_quality(ar.net, torch.cat(windows)[:samples], ar.tokenizer)})
         out["samples"] = rows
     return out
+
+
+def perplexity_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """``compare_perplexity``'s result as table rows: model, nats/token, ppl/token and the per-character figures."""
+    names = {"ar": "AR twin (exact, ceiling)", "diffusion": "masked diffusion (bound)", "unigram": "unigram (floor)"}
+    rows = []
+    for key in ("ar", "diffusion", "unigram"):
+        if key in res:
+            r = res[key]
+            rows.append({"model": names[key], "nats/token": r["nll"], "ppl/token": r["ppl"],
+                         "nats/char": r.get("nats_per_char"), "bits/char": r.get("bits_per_char"),
+                         "ppl/char": r.get("ppl_per_char")})
+    return rows
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

@@ -15,8 +15,9 @@ end-of-text is forbidden (the slot must join its two sides), while a slot at the
 template may end early.
 
 Infilling template syntax: plain text with slots ``[MASK:N]``, N >= 1 tokens to generate there,
-e.g. ``"The [MASK:20] of Denmark"`` or ``"[MASK:8] said the king."``. Whitespace just before a slot
-is dropped, because GPT-2 BPE tokens carry their leading space, so the generated word brings its own.
+e.g. ``"The [MASK:20] of Denmark"`` or ``"[MASK:8] said the king."``. With a BPE tokenizer
+(``strip_before_slot``) whitespace just before a slot is dropped, because BPE word tokens carry their leading
+space, so the generated word brings its own; a character or byte tokenizer keeps the template as written.
 Any other text that starts like a slot (``[MASK]``, ``[MASK:x]``, ``[MASK:0]``, ``[mask:3]``, an
 unclosed ``[MASK:3``) is an error rather than literal text.
 """
@@ -59,10 +60,11 @@ class TokenizerLike(Protocol):
 
 
 def load_tokenizer(directory: str | Path) -> TokenizerLike:
-    """``textdiff.tokenizer.Tokenizer.from_dir(directory)`` (imported here, when first needed)."""
-    from .tokenizer import Tokenizer  # the GPT-2 BPE tokenizer of the data pipeline
+    """``textdiff.tokenizer.load_tokenizer(directory)``: whichever tokenizer was saved there (character,
+    byte, a corpus-trained BPE or GPT-2); imported here, when first needed."""
+    from .tokenizer import load_tokenizer as load
 
-    return Tokenizer.from_dir(directory)
+    return load(directory)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,8 +135,8 @@ def parse_infill(template: str, tokenizer: TokenizerLike, mask_id: int) -> Canva
             ids += [mask_id] * piece
             no_eot += [trailing] * piece  # a slot with fixed text after it must not end the document
         else:
-            if i + 1 < len(pieces):  # the slot that follows brings its own leading space
-                piece = piece.rstrip()
+            if i + 1 < len(pieces) and getattr(tokenizer, "strip_before_slot", True):
+                piece = piece.rstrip()  # BPE: the slot's first word token brings its own leading space
             if piece:
                 enc = _encode(tokenizer, piece, "infilling template")
                 ids += enc

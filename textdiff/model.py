@@ -245,3 +245,15 @@ class TransformerNet(PretrainedMixin, nn.Module):
         logits = F.linear(h, weight)
         logits[..., self.mask_id] = float("-inf")  # never predict mask/BOS (SUBS: zero masking probabilities)
         return logits
+
+
+def ar_nll(net: torch.nn.Module, x: Tensor, bos_id: int, reduce: bool = True) -> Tensor:
+    """Next-token negative log-likelihood of windows x (B, L) given a BOS token, in nats per token.
+
+    ``net`` maps (B, L) ids to (B, L, V + 1) logits; returns the mean over all tokens, or the
+    per-window means (B,) with ``reduce=False``.
+    """
+    bos = torch.full_like(x[:, :1], bos_id)
+    logits = net(torch.cat([bos, x[:, :-1]], dim=1))
+    nll = F.cross_entropy(logits.flatten(0, 1).float(), x.flatten(), reduction="none").view_as(x)
+    return nll.mean() if reduce else nll.mean(1)

@@ -36,23 +36,24 @@ padding, so every position carries a loss.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from diffcore.data import dataset_dir
-from diffcore.discrete import LogLinearMasking, MaskingSchedule, masked_nelbo, masking_from_config
+from diffcore.discrete import LogLinearMasking, MaskingSchedule, mask_tokens, masked_nelbo, masking_from_config
+from diffcore.discrete.process import masked_position_log_probs
 from diffcore.lightning import DiffusionModule, load_net, read_checkpoint
 from diffcore.lightning.base import LRDecay
-from diffcore.losses import TimeSampling
+from diffcore.losses import TimeSampling, sample_t
 
 from .data.loaders import open_tokens
-from .model import TransformerNet
+from .data.windows import ContiguousWindows, RandomWindows, check_tokens
+from .model import TransformerNet, ar_nll
 
 
 def batch_tokens(batch: Any) -> Tensor:
@@ -113,6 +114,15 @@ class MaskedDiffusionModule(TextModule):
         net: a bidirectional ``TransformerNet`` (``causal=False``).
         schedule: the masking schedule (default log-linear, alpha_t = 1 - (1 - 1e-3) t, weight 1/t).
         time_sampling: "stratified" (low-discrepancy, MDLM's default), "antithetic" or "uniform".
+        t_min: training times are drawn from [t_min, 1]. The NELBO's weight is 1/t, so t near 0 gives rare
+            terms weighted up to 1/t_min: 1e-3 (MDLM's eps) keeps the loss's variance down at the cost of
+            leaving out the bound's [0, t_min) part, which a nearly unmasked window makes negligible.
+        train_loss: "nelbo" (the bound itself) or "masked_mean": in training only, each window's masked-token
+            cross-entropy is averaged over the tokens actually masked instead of weighted by 1/t and divided by
+            the window length. Both have the same minimiser (every masked position's conditional is fitted by
+            a proper score) and the same weight per mask rate on average, but "masked_mean" drops the noise of
+            the masked count (relative variance (1 - t) / (t L), large at small t). Validation and test
+            always report the NELBO.
         compile: wrap the net in ``torch.compile`` for training.
         Other arguments: ``DiffusionModule``'s optimizer, LR schedule and EMA.
     """
@@ -120,7 +130,8 @@ class MaskedDiffusionModule(TextModule):
     kind = "diffusion"
 
     def __init__(self, net: TransformerNet, schedule: MaskingSchedule | None = None,
-                 time_sampling: TimeSampling = "stratified", *, compile: bool = False, lr: float = 3e-4,
+                 time_sampling: TimeSampling = "stratified", t_min: float = 1e-3,
+                 train_loss: Literal["nelbo", "masked_mean"] = "nelbo", *, compile: bool = False, lr: float = 3e-4,
                  weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.98), warmup_steps: int = 2500,
                  lr_decay: LRDecay = "constant", max_steps: int | None = None, ema_decay: float | None = 0.9999,
                  ema_warmup: bool = True):
@@ -131,6 +142,12 @@ class MaskedDiffusionModule(TextModule):
                          ema_warmup=ema_warmup)
         self.schedule = schedule if schedule is not None else LogLinearMasking()
         self.time_sampling = time_sampling
+        if not 0.0 < t_min < 1.0:
+            raise ValueError(f"t_min must be in (0, 1), got {t_min}")
+        self.t_min = t_min
+        if train_loss not in ("nelbo", "masked_mean"):
+            raise ValueError(f"train_loss must be 'nelbo' or 'masked_mean', got {train_loss!r}")
+        self.train_loss = train_loss
 
     def logits_fn(self, z_t: Tensor, t: Tensor) -> Tensor:
         """``diffcore.discrete``'s ``logits_fn(z_t, t)`` for the training net."""
@@ -143,8 +160,22 @@ class MaskedDiffusionModule(TextModule):
 
     def compute_loss(self, batch: Any, generator: torch.Generator | None = None) -> Tensor:
         x0 = batch_tokens(batch)
-        return masked_nelbo(self.logits_fn, x0, self.schedule, self.net.mask_id, time_sampling=self.time_sampling,
-                            generator=generator, logits_at=self.logits_at)
+        t = sample_t(x0.shape[0], self.time_sampling, t_min=self.t_min, generator=generator, device=x0.device)
+        if self.training and self.train_loss == "masked_mean":
+            return self.masked_mean_loss(x0, t, generator)
+        return masked_nelbo(self.logits_fn, x0, self.schedule, self.net.mask_id, t=t, generator=generator,
+                            logits_at=self.logits_at)
+
+    def masked_mean_loss(self, x0: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Mean over windows of the cross-entropy averaged over each window's masked tokens (0 if none)."""
+        alpha, _ = self.schedule(t.to(torch.float64))
+        z_t = mask_tokens(x0, alpha, self.net.mask_id, generator=generator)
+        active = z_t == self.net.mask_id
+        logp = masked_position_log_probs(self.logits_at(z_t, t, active), self.net.mask_id)
+        nll = -logp.gather(-1, x0[active].unsqueeze(-1)).squeeze(-1)
+        rows = active.nonzero()[:, 0]
+        per_window = torch.zeros(x0.shape[0], dtype=nll.dtype, device=x0.device).index_add(0, rows, nll)
+        return (per_window / active.sum(1).clamp(min=1)).mean()
 
     def export_metadata(self) -> dict[str, Any]:
         return {**super().export_metadata(), "schedule": self.schedule.config()}
@@ -170,18 +201,6 @@ class ARModule(TextModule):
 
     def compute_loss(self, batch: Any, generator: torch.Generator | None = None) -> Tensor:
         return ar_nll(self.run_net, batch_tokens(batch), self.net.mask_id)
-
-
-def ar_nll(net: torch.nn.Module, x: Tensor, bos_id: int, reduce: bool = True) -> Tensor:
-    """Next-token negative log-likelihood of windows x (B, L) given a BOS token, in nats per token.
-
-    ``net`` maps (B, L) ids to (B, L, V + 1) logits; returns the mean over all tokens, or the
-    per-window means (B,) with ``reduce=False``.
-    """
-    bos = torch.full_like(x[:, :1], bos_id)
-    logits = net(torch.cat([bos, x[:, :-1]], dim=1))
-    nll = F.cross_entropy(logits.flatten(0, 1).float(), x.flatten(), reduction="none").view_as(x)
-    return nll.mean() if reduce else nll.mean(1)
 
 
 # --- export ----------------------------------------------------------------------------------
@@ -216,56 +235,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, tokenizer_dir:
 
 
 # --- data: packed token windows -------------------------------------------------------------
-
-
-def _check(tokens: np.ndarray, seq_len: int, vocab_size: int | None, name: str) -> None:
-    if len(tokens) < seq_len:
-        raise ValueError(f"{name} holds {len(tokens)} tokens, fewer than one window of seq_len={seq_len}")
-    if vocab_size is not None and len(tokens):
-        top = int(tokens.max())
-        if top >= vocab_size:
-            raise ValueError(f"{name} holds token id {top}, outside the model's vocabulary of {vocab_size}")
-
-
-class RandomWindows(IterableDataset):
-    """Endless windows of ``seq_len`` tokens at uniform random offsets, as int64 tensors (seq_len,).
-
-    The stream's seed combines ``seed``, ``restarts`` (bumped on resume, so a resumed run does not
-    replay the windows it has already seen), the DDP rank and the dataloader worker.
-    """
-
-    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int = 0, restarts: int = 0):
-        self.tokens, self.seq_len, self.seed, self.restarts = tokens, seq_len, seed, restarts
-
-    def __iter__(self):
-        worker = get_worker_info()
-        rank = torch.distributed.get_rank() if torch.distributed.is_available() and \
-            torch.distributed.is_initialized() else 0
-        rng = np.random.default_rng([self.seed, self.restarts, rank, worker.id if worker else 0])
-        high = len(self.tokens) - self.seq_len + 1
-        while True:
-            start = int(rng.integers(0, high))
-            yield torch.from_numpy(self.tokens[start:start + self.seq_len].astype(np.int64))
-
-
-class ContiguousWindows(Dataset):
-    """The non-overlapping windows ``tokens[i L:(i + 1) L]``; with ``max_windows`` an evenly spaced
-    subset of them (always the same one)."""
-
-    def __init__(self, tokens: np.ndarray, seq_len: int, max_windows: int | None = None):
-        self.tokens, self.seq_len = tokens, seq_len
-        n = len(tokens) // seq_len
-        if max_windows is not None and max_windows < n:
-            self.index = np.linspace(0, n - 1, max_windows).round().astype(np.int64)
-        else:
-            self.index = np.arange(n)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        a = int(self.index[i]) * self.seq_len
-        return torch.from_numpy(self.tokens[a:a + self.seq_len].astype(np.int64))
 
 
 class TokenDataModule(L.LightningDataModule):
@@ -308,7 +277,7 @@ class TokenDataModule(L.LightningDataModule):
         """The split's token array (memory-mapped, checked once)."""
         if split not in self._tokens:
             arr = open_tokens(self.data_dir, split)
-            _check(arr, self.seq_len, self.vocab_size, str(self.data_dir / f"{split}.bin"))
+            check_tokens(arr, self.seq_len, self.vocab_size, str(self.data_dir / f"{split}.bin"))
             self._tokens[split] = arr
         return self._tokens[split]
 

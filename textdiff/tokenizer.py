@@ -19,6 +19,7 @@ import os
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +65,9 @@ class Tokenizer:
         bpe: the contents of a ``gpt2.tiktoken`` rank file.
         origin: where ``bpe`` came from (used in error messages).
     """
+
+    kind = "gpt2"
+    strip_before_slot = True  #: a word token carries its leading space, so infilling drops the template's
 
     def __init__(self, bpe: bytes, origin: str = "gpt2.tiktoken"):
         tiktoken = require_module("tiktoken", "pip install tiktoken")
@@ -173,3 +177,292 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, eot_id={self.eot_id}, origin={self.origin!r})"
+
+
+GPT2Tokenizer = Tokenizer
+"""The GPT-2 tokenizer under the name that says which one it is (``Tokenizer`` stays for existing code)."""
+
+CONFIG_FILE = "textdiff_tokenizer.json"
+"""What a small-vocabulary tokenizer folder holds besides its data: ``{"type": "char"|"byte"|"bpe", ...}``."""
+UNK = "\ufffd"
+"""The character unknown characters become (the Unicode replacement character), in the character vocabulary."""
+
+
+def _check_utf8(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"cannot encode the text: {text[e.start:e.end]!r} at character {e.start} is a lone "
+                         "surrogate, which has no UTF-8 form; decode the source with its real encoding") from None
+
+
+def _ids(ids: Iterable[int] | np.ndarray, vocab_size: int) -> list[int]:
+    ids = np.asarray(ids).reshape(-1).tolist()
+    bad = next((i for i, t in enumerate(ids) if not (isinstance(t, int) and 0 <= t < vocab_size)), None)
+    if bad is not None:
+        raise ValueError(f"token id {ids[bad]!r} at position {bad} is not in [0, {vocab_size}) "
+                         "(a mask or padding id must be removed before decoding)")
+    return ids
+
+
+def _write_config(directory: str | os.PathLike, config: dict) -> Path:
+    import json
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CONFIG_FILE
+    path.write_text(json.dumps(config, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+class CharTokenizer:
+    """One token per Unicode character of a fixed alphabet (learnt from a corpus), plus end-of-text.
+
+    Ids: ``0..len(alphabet)-1`` the characters in alphabet order (which always holds U+FFFD, the
+    unknown character), then ``eot_id``. nanoGPT's ``shakespeare_char`` level: the right vocabulary for
+    a tiny model trained on a CPU, where a 50k-token embedding would be most of the net.
+
+    Args:
+        alphabet: the characters, each once.
+        unknown: what ``encode`` does with a character outside the alphabet: ``"error"`` (a ValueError
+            naming it and its position) or ``"replace"`` (it becomes U+FFFD).
+    """
+
+    kind = "char"
+    strip_before_slot = False  #: a character token carries no leading space, so infilling keeps the template's
+
+    def __init__(self, alphabet: str, unknown: str = "error"):
+        if unknown not in ("error", "replace"):
+            raise ValueError(f"unknown must be 'error' or 'replace', got {unknown!r}")
+        chars = sorted(set(alphabet) | {UNK})
+        if len(chars) != len(alphabet) + (UNK not in alphabet):
+            raise ValueError("the alphabet repeats a character")
+        self.alphabet = "".join(chars)
+        self.unknown = unknown
+        self._index = {c: i for i, c in enumerate(self.alphabet)}
+        self.unk_id = self._index[UNK]
+        self.eot_id = len(self.alphabet)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], unknown: str = "error") -> CharTokenizer:
+        """The alphabet of every character in ``texts``."""
+        seen: set[str] = set()
+        for text in texts:
+            seen.update(text)
+        if not seen:
+            raise ValueError("no text to learn an alphabet from")
+        return cls("".join(sorted(seen)), unknown)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.alphabet) + 1
+
+    def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
+        """Token ids of ``text``; ``allow_special`` maps the literal ``<|endoftext|>`` to ``eot_id``."""
+        if allow_special and EOT in text:
+            out: list[int] = []
+            for i, part in enumerate(text.split(EOT)):
+                out += ([self.eot_id] if i else []) + self.encode(part)
+            return out
+        index = self._index
+        try:
+            return [index[c] for c in text]
+        except KeyError:
+            pass
+        if self.unknown == "replace":
+            return [index.get(c, self.unk_id) for c in text]
+        pos = next(i for i, c in enumerate(text) if c not in index)
+        raise ValueError(f"character {text[pos]!r} (U+{ord(text[pos]):04X}) at position {pos} is not in this "
+                         f"tokenizer's alphabet of {len(self.alphabet)} characters; remove it, retrain the tokenizer "
+                         "on text that has it, or load it with unknown='replace' to map it to U+FFFD")
+
+    def decode(self, ids: Iterable[int] | np.ndarray, errors: str = "replace") -> str:
+        """The text of ``ids``; ``eot_id`` decodes to ``<|endoftext|>``."""
+        alphabet, eot = self.alphabet, self.eot_id
+        return "".join(EOT if i == eot else alphabet[i] for i in _ids(ids, self.vocab_size))
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``<directory>/textdiff_tokenizer.json``; return it."""
+        return _write_config(directory, {"type": "char", "alphabet": self.alphabet, "unknown": self.unknown})
+
+    def __repr__(self) -> str:
+        return f"CharTokenizer(vocab_size={self.vocab_size}, eot_id={self.eot_id}, unknown={self.unknown!r})"
+
+
+class ByteTokenizer:
+    """One token per UTF-8 byte (ids 0-255) plus end-of-text (256): any text, no training, no unknowns."""
+
+    kind = "byte"
+    strip_before_slot = False
+    eot_id = 256
+    vocab_size = 257
+
+    def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
+        _check_utf8(text)
+        if allow_special and EOT in text:
+            out: list[int] = []
+            for i, part in enumerate(text.split(EOT)):
+                out += ([self.eot_id] if i else []) + list(part.encode("utf-8"))
+            return out
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Iterable[int] | np.ndarray, errors: str = "replace") -> str:
+        """The text of ``ids``; bytes that are not UTF-8 follow ``errors`` ("replace" gives U+FFFD)."""
+        out, run = [], bytearray()
+        for i in _ids(ids, self.vocab_size):
+            if i == self.eot_id:
+                out += [run.decode("utf-8", errors), EOT]
+                run = bytearray()
+            else:
+                run.append(i)
+        return "".join(out) + run.decode("utf-8", errors)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        return _write_config(directory, {"type": "byte"})
+
+    def __repr__(self) -> str:
+        return "ByteTokenizer(vocab_size=257, eot_id=256)"
+
+
+class BPETokenizer:
+    """A byte-level BPE trained on the user's corpus with Hugging Face ``tokenizers`` (GPT-2's scheme:
+    the 256 bytes, then merges learnt inside GPT-2's pre-tokenization pieces), plus end-of-text.
+
+    ``vocab_size`` = 256 bytes + merges + 1; any text encodes (no unknowns). Saved as the library's own
+    ``tokenizer.json`` beside ``textdiff_tokenizer.json``.
+    """
+
+    kind = "bpe"
+    strip_before_slot = True  #: like GPT-2, a word token carries its leading space
+
+    def __init__(self, hf_tokenizer: Any):
+        self._tok = hf_tokenizer
+        eot = hf_tokenizer.token_to_id(EOT)
+        if eot is None:
+            raise ValueError(f"the tokenizer has no {EOT} token")
+        self.eot_id = int(eot)
+        if self.eot_id != hf_tokenizer.get_vocab_size() - 1:
+            raise ValueError(f"{EOT} must be the last id")
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 4096) -> BPETokenizer:
+        """Learn ``vocab_size - 257`` merges from ``texts`` (``vocab_size`` counts bytes and end-of-text)."""
+        tk = require_module("tokenizers", "pip install tokenizers")
+        if not 258 <= vocab_size <= 2**16:
+            raise ValueError(f"a byte-level BPE needs 258 <= vocab_size <= 65536 (256 bytes, >= 1 merge, "
+                             f"end-of-text), got {vocab_size}")
+        tok = tk.Tokenizer(tk.models.BPE())
+        tok.pre_tokenizer = tk.pre_tokenizers.Sequence([
+            tk.pre_tokenizers.Split(tk.Regex(GPT2_PATTERN), behavior="isolated"),
+            tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tok.decoder = tk.decoders.ByteLevel()
+        trainer = tk.trainers.BpeTrainer(vocab_size=vocab_size - 1, special_tokens=[], show_progress=False,
+                                         initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(texts, trainer)
+        tok.add_special_tokens([EOT])
+        return cls(tok)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
+        _check_utf8(text)
+        if allow_special and EOT in text:
+            out: list[int] = []
+            for i, part in enumerate(text.split(EOT)):
+                out += ([self.eot_id] if i else []) + self.encode(part)
+            return out
+        if EOT in text:  # users' text never injects the special token: its literal is encoded as ordinary text
+            return [i for part in self._split_special(text) for i in part]
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def _split_special(self, text: str) -> list[list[int]]:
+        literal = self._tok.encode("<|endoftext", add_special_tokens=False).ids + \
+            self._tok.encode("|>", add_special_tokens=False).ids
+        out = []
+        for i, part in enumerate(text.split(EOT)):
+            if i:
+                out.append(literal)
+            out.append(self._tok.encode(part, add_special_tokens=False).ids if part else [])
+        return out
+
+    def decode(self, ids: Iterable[int] | np.ndarray, errors: str = "replace") -> str:
+        ids = _ids(ids, self.vocab_size)
+        return self._tok.decode(ids, skip_special_tokens=False)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._tok.save(str(directory / "tokenizer.json"))
+        return _write_config(directory, {"type": "bpe", "file": "tokenizer.json", "vocab_size": self.vocab_size})
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> BPETokenizer:
+        tk = require_module("tokenizers", "pip install tokenizers")
+        return cls(tk.Tokenizer.from_file(str(path)))
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer(vocab_size={self.vocab_size}, eot_id={self.eot_id})"
+
+
+AnyTokenizer = Tokenizer | CharTokenizer | ByteTokenizer | BPETokenizer
+SPECS = "gpt2, char, byte or bpe:N (a byte-level BPE of N ids in all, e.g. bpe:4096)"
+
+
+def load_tokenizer(directory: str | os.PathLike) -> AnyTokenizer:
+    """The tokenizer saved in ``directory`` (by any tokenizer's ``save``), whichever kind it is: a small-vocabulary
+    one (``textdiff_tokenizer.json``) or GPT-2 (``gpt2.tiktoken``; a built text set's folder works too)."""
+    import json
+
+    path = Path(directory).expanduser()
+    for folder in (path, path / "tokenizer"):
+        config_path = folder / CONFIG_FILE
+        if config_path.is_file():
+            try:
+                config = json.loads(config_path.read_text(encoding="utf-8"))
+                kind = config["type"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise DataError(f"{config_path} is not a tokenizer description ({e}); save the tokenizer again") from e
+            if kind == "char":
+                return CharTokenizer(config["alphabet"], config.get("unknown", "error"))
+            if kind == "byte":
+                return ByteTokenizer()
+            if kind == "bpe":
+                return BPETokenizer.from_file(folder / config.get("file", "tokenizer.json"))
+            raise DataError(f"{config_path}: unknown tokenizer type {kind!r} (char, byte or bpe)")
+    return Tokenizer.from_dir(path)
+
+
+def train_tokenizer(spec: str, texts: Iterable[str], gpt2_dir: str | os.PathLike | None = None, *,
+                    unknown: str = "replace") -> AnyTokenizer:
+    """A tokenizer from its ``spec``: "char" / "byte" / "bpe:N" learnt from ``texts`` (the training split: the
+    evaluation splits must not shape it), or "gpt2" (loaded from ``gpt2_dir``, e.g. a built text set).
+    ``unknown`` is the character tokenizer's policy for characters the training text lacks."""
+    spec = spec.strip().lower()
+    if spec == "char":
+        return CharTokenizer.train(texts, unknown)
+    if spec == "byte":
+        return ByteTokenizer()
+    if spec.startswith("bpe:") and spec[4:].isdigit():
+        return BPETokenizer.train(texts, int(spec[4:]))
+    if spec == "gpt2":
+        if gpt2_dir is None:
+            raise ValueError(f"the GPT-2 tokenizer is not trained but loaded: {HOW_TO_GET}")
+        return Tokenizer.from_dir(gpt2_dir)
+    raise ValueError(f"unknown tokenizer {spec!r}; choose {SPECS}")
+
+
+def count_characters(tokenizer: AnyTokenizer, ids: Iterable[int] | np.ndarray) -> int:
+    """The characters that ``ids`` stand for: the decoded text's length, each end-of-text counted as one
+    character (a document separator, like the newline a character model would need). Divide a total
+    NLL in nats by it for nats per character: a figure that compares across tokenizers."""
+    ids = np.asarray(ids).reshape(-1)
+    is_eot = ids == tokenizer.eot_id
+    pieces = np.split(ids, np.flatnonzero(is_eot))  # every piece after the first starts with its end-of-text
+    n = int(is_eot.sum())
+    for piece in pieces:
+        piece = piece[piece != tokenizer.eot_id]
+        if piece.size:
+            n += len(tokenizer.decode(piece))
+    return n

@@ -7,6 +7,7 @@ users' data go through one code path::
     tokenize_files("my_texts/", tok, "mine/train.bin")                     # one document per .txt file
     tokenize_text_dataset("rows.jsonl", tok, "mine/validation.bin", text_column="body", streaming=True)
     ids = open_tokens("mine", "train")                                     # np.memmap of uint16
+    tokenize_corpus("text-small", "char", "shk_char", sources=["shakespeare"])  # a tokenizer learnt from the corpus
 """
 
 from __future__ import annotations
@@ -283,3 +284,88 @@ def open_tokens(directory: str | os.PathLike, split: str = "train") -> np.memmap
     if path.stat().st_size == 0:
         return np.zeros(0, dtype=np.uint16).view(np.memmap)
     return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+# --- a corpus with its own tokenizer ------------------------------------------------------------------
+
+
+def _corpus_files(source: str | os.PathLike, sources: Iterable[str] | None) -> tuple[Path, dict[str, list[Path]]]:
+    """``(root, {split: text files})`` of a built text set (a name such as ``text-small`` or its folder, optionally
+    only the documents of some ``sources``) or of a folder with ``train/``, ``validation/``, ``test/`` text files."""
+    import csv
+
+    from diffcore.data import dataset_dir
+
+    name = str(source)
+    m = re.fullmatch(r"text-(tiny|small|full)", name)
+    root = dataset_dir("text", m.group(1)) if m else Path(source).expanduser()
+    wanted = set(sources) if sources else None
+    if (root / "documents.csv").is_file() and (root / "text").is_dir():
+        with open(root / "documents.csv", encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+        have = sorted({r["source"] for r in rows})
+        if wanted and (unknown := wanted - set(have)):
+            raise DataError(f"{root} has no source {', '.join(sorted(unknown))}; it has {', '.join(have)}")
+        files = {s: [root / "text" / s / f"{r['doc_id']}.txt" for r in rows
+                     if r["split"] == s and (wanted is None or r["source"] in wanted)] for s in SPLITS}
+        return root, files
+    if m or not root.exists():
+        hint = f"build it with `diffcore data build text --size {m.group(1)}`" if m else "no such folder"
+        raise DataError(f"{root}: not a built text set ({hint})")
+    if wanted:
+        raise DataError(f"{root} is not a built text set, so it has no sources to choose from; leave out sources")
+    missing = [s for s in SPLITS if not (root / s).is_dir()]
+    if missing:
+        raise DataError(f"{root} needs the folders train/, validation/ and test/ of .txt files (one document per "
+                        f"file); it lacks {', '.join(missing)}/")
+    return root, {s: _text_paths(root / s) for s in SPLITS}
+
+
+def tokenize_corpus(source: str | os.PathLike, tokenizer: str | Any, out_dir: str | os.PathLike, *,
+                    sources: Iterable[str] | None = None, unknown: str = "replace",
+                    progress: bool = False) -> dict[str, Any]:
+    """Token files for ``TokenDataModule`` with a tokenizer learnt from the corpus's training split.
+
+    Args:
+        source: a built text set (``"text-small"``, or its folder) or a folder with ``train/``,
+            ``validation/`` and ``test/`` holding ``.txt`` files (one document per file).
+        tokenizer: a spec, ``"char"``, ``"byte"``, ``"bpe:N"`` (a byte-level BPE of N ids) or ``"gpt2"``
+            (from the built set), or a tokenizer object to use as it is.
+        out_dir: gets ``train.bin``, ``validation.bin``, ``test.bin``, ``tokenizer/`` and ``tokens.json``
+            (tokens, characters and UTF-8 bytes per split, and the tokenizer's kind and vocabulary size).
+        sources: of a built set, only the documents of these sources (``shakespeare``, ``milton``, ``austen``,
+            ``wordnet``); e.g. ``["shakespeare"]`` for nanoGPT's shakespeare_char-like set.
+        unknown: a character tokenizer's treatment of characters its training split lacks, in the evaluation
+            splits: ``"replace"`` (by U+FFFD, counted per split in ``tokens.json`` as ``unknown``) or ``"error"``.
+
+    Returns the contents of ``tokens.json``.
+    """
+    import json
+
+    from textdiff.tokenizer import count_characters, train_tokenizer
+
+    root, files = _corpus_files(source, sources)
+    for split, paths in files.items():
+        if not paths:
+            raise DataError(f"{root}: the {split} split has no documents" + (f" from {', '.join(sources)}"
+                                                                             if sources else ""))
+    if isinstance(tokenizer, str):
+        spec = tokenizer
+        tokenizer = train_tokenizer(spec, (read_text_file(p) for p in files["train"]), gpt2_dir=root,
+                                    unknown=unknown)
+    out = Path(out_dir).expanduser()
+    tokenizer.save(out / "tokenizer")
+    splits = {}
+    for split, paths in files.items():
+        stats = tokenize_files(paths, tokenizer, out / f"{split}.bin", progress=progress, desc=f"tokenizing {split}")
+        ids = np.fromfile(out / f"{split}.bin", dtype=np.uint16)
+        splits[split] = {"documents": stats.documents, "tokens": stats.tokens, "bytes_text": stats.bytes_text,
+                         "characters": count_characters(tokenizer, ids)}
+        if hasattr(tokenizer, "unk_id"):
+            splits[split]["unknown"] = int((ids == tokenizer.unk_id).sum())
+    info = {"source": str(root), "sources": sorted(sources) if sources else None,
+            "tokenizer": {"kind": getattr(tokenizer, "kind", type(tokenizer).__name__),
+                          "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id},
+            "splits": splits}
+    (out / "tokens.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info

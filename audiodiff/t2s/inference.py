@@ -34,21 +34,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffcore import samplers as core_samplers
-from diffcore import timesteps
 from diffcore.guidance import cfg
 from diffcore.parameterization import NoiseInput, Prediction, as_denoiser
 from diffcore.pretrained import CONFIG_FILE, atomic_write_dir, read_json
-from diffcore.samplers import Known
+from diffcore.samplers import SAMPLERS, Known
 from diffcore.schedules import CosineSchedule, Schedule, schedule_from_config
+from diffcore.timesteps import GRIDS, make_grid
 
 from ..mel import MelConfig, MelSpectrogram, griffin_lim
 from .denoiser import CaptionDenoiser
 from .text_encoder import TextEncoder, encoder_from_reference
 from .vae import MelVAE, latent_frame_mask
 
-SAMPLERS = ("ddim", "ddpm", "euler", "heun", "dpmpp_2m", "pc", "langevin", "adaptive")
-GRIDS = ("uniform", "logsnr", "karras")
 FORMAT_VERSION = 1
 CROSSFADE_S = 0.01
 
@@ -143,9 +140,9 @@ class AudioPipeline:
     @staticmethod
     def _check_sampler(sampler: str, grid: str) -> None:
         if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if grid not in GRIDS:
-            raise ValueError(f"unknown time grid {grid!r}; choose one of {GRIDS}")
+            raise ValueError(f"unknown time grid {grid!r}; choose one of {', '.join(GRIDS)}")
 
     def encode_text(self, prompts: Sequence[str], negatives: Sequence[str] | None) -> tuple[dict, dict | None]:
         """(cond, uncond) keyword arguments of the denoiser for prompts and their negative prompts (the
@@ -167,12 +164,7 @@ class AudioPipeline:
         return cfg(D, guidance, uncond, rescale=rescale)
 
     def time_grid(self, steps: int, t_max: float = 1.0, grid: str | None = None) -> Tensor:
-        grid = grid or self.grid
-        if grid == "uniform":
-            return timesteps.uniform(steps, t_max)
-        if grid == "logsnr":
-            return timesteps.logsnr_uniform(self.schedule, steps, t_max)
-        return timesteps.karras(self.schedule, steps, t_max=t_max)
+        return make_grid(grid or self.grid, self.schedule, steps, t_max)
 
     def initial_noise(self, shape: Sequence[int], seed: int | Sequence[int] | None,
                       generator: torch.Generator | None) -> Tensor:
@@ -190,11 +182,10 @@ class AudioPipeline:
                     known: Known | None = None, generator: torch.Generator | None = None, **kwargs: Any) -> Tensor:
         sampler = sampler or self.sampler
         self._check_sampler(sampler, self.grid)
-        if sampler == "adaptive":
-            return core_samplers.sample_adaptive(D, x_T, self.schedule, t_max=float(ts[0]), cond=cond, known=known,
-                                                 generator=generator, **kwargs)
-        fn = getattr(core_samplers, f"sample_{sampler}")
-        return fn(D, x_T, ts, self.schedule, cond=cond, known=known, generator=generator, **kwargs)
+        if sampler == "adaptive":  # no grid: it chooses its own steps from t_max down
+            return SAMPLERS[sampler](D, x_T, self.schedule, t_max=float(ts[0]), cond=cond, known=known,
+                                     generator=generator, **kwargs)
+        return SAMPLERS[sampler](D, x_T, ts, self.schedule, cond=cond, known=known, generator=generator, **kwargs)
 
     def to_audio(self, mel: Tensor, seed: int | None = 0) -> Tensor:
         """Waveforms (B, F * hop) from mels (B, n_mels, F): the vocoder if there is one, else Griffin-Lim."""

@@ -48,7 +48,6 @@ from diffcore.data import dataset_dir
 from diffcore.discrete import LogLinearMasking, MaskingSchedule, mask_tokens, masked_nelbo, masking_from_config
 from diffcore.discrete.process import masked_position_log_probs
 from diffcore.lightning import DiffusionModule, load_net, read_checkpoint
-from diffcore.lightning.base import LRDecay
 from diffcore.losses import TimeSampling, sample_t
 
 from .data.loaders import open_tokens
@@ -72,11 +71,8 @@ class TextModule(DiffusionModule):
 
     kind = "text"
 
-    def __init__(self, net: TransformerNet, *, compile: bool = False, lr: float = 3e-4, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.98), warmup_steps: int = 2500, lr_decay: LRDecay = "constant",
-                 max_steps: int | None = None, ema_decay: float | None = 0.9999, ema_warmup: bool = True):
-        super().__init__(net, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
-                         lr_decay=lr_decay, max_steps=max_steps, ema_decay=ema_decay, ema_warmup=ema_warmup)
+    def __init__(self, net: TransformerNet, *, compile: bool = False, **training: Any):
+        super().__init__(net, **training)
         self.compile = compile
         self._compiled: list[torch.nn.Module] = []  # a list keeps the compiled wrapper out of state_dict
 
@@ -124,22 +120,17 @@ class MaskedDiffusionModule(TextModule):
             the masked count (relative variance (1 - t) / (t L), large at small t). Validation and test
             always report the NELBO.
         compile: wrap the net in ``torch.compile`` for training.
-        Other arguments: ``DiffusionModule``'s optimizer, LR schedule and EMA.
+        training: the optimizer, LR schedule and EMA settings, passed to ``DiffusionModule`` (see its arguments).
     """
 
     kind = "diffusion"
 
     def __init__(self, net: TransformerNet, schedule: MaskingSchedule | None = None,
                  time_sampling: TimeSampling = "stratified", t_min: float = 1e-3,
-                 train_loss: Literal["nelbo", "masked_mean"] = "nelbo", *, compile: bool = False, lr: float = 3e-4,
-                 weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.98), warmup_steps: int = 2500,
-                 lr_decay: LRDecay = "constant", max_steps: int | None = None, ema_decay: float | None = 0.9999,
-                 ema_warmup: bool = True):
+                 train_loss: Literal["nelbo", "masked_mean"] = "nelbo", *, compile: bool = False, **training: Any):
         if net.causal:
             raise ValueError("MaskedDiffusionModule needs a bidirectional net (causal=False)")
-        super().__init__(net, compile=compile, lr=lr, weight_decay=weight_decay, betas=betas,
-                         warmup_steps=warmup_steps, lr_decay=lr_decay, max_steps=max_steps, ema_decay=ema_decay,
-                         ema_warmup=ema_warmup)
+        super().__init__(net, compile=compile, **training)
         self.schedule = schedule if schedule is not None else LogLinearMasking()
         self.time_sampling = time_sampling
         if not 0.0 < t_min < 1.0:
@@ -190,14 +181,10 @@ class ARModule(TextModule):
 
     kind = "ar"
 
-    def __init__(self, net: TransformerNet, *, compile: bool = False, lr: float = 3e-4, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.98), warmup_steps: int = 2500, lr_decay: LRDecay = "constant",
-                 max_steps: int | None = None, ema_decay: float | None = 0.9999, ema_warmup: bool = True):
+    def __init__(self, net: TransformerNet, *, compile: bool = False, **training: Any):
         if not net.causal:
             raise ValueError("ARModule needs a causal net (causal=True)")
-        super().__init__(net, compile=compile, lr=lr, weight_decay=weight_decay, betas=betas,
-                         warmup_steps=warmup_steps, lr_decay=lr_decay, max_steps=max_steps, ema_decay=ema_decay,
-                         ema_warmup=ema_warmup)
+        super().__init__(net, compile=compile, **training)
 
     def compute_loss(self, batch: Any, generator: torch.Generator | None = None) -> Tensor:
         return ar_nll(self.run_net, batch_tokens(batch), self.net.mask_id)

@@ -32,7 +32,6 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from diffcore.lightning import DiffusionModule, load_net, read_checkpoint
-from diffcore.lightning.base import LRDecay
 from diffcore.losses import Weighting, dsm_loss
 from diffcore.parameterization import NoiseInput, Prediction
 from diffcore.schedules import CosineSchedule, Schedule, schedule_from_config
@@ -319,18 +318,14 @@ class VAEModule(_MelBatches, DiffusionModule):
         net: the ``MelVAE`` (its mel config is the model's front end).
         kl_weight: weight of the KL term (both terms are means per element).
         calibration_batches: training batches used for the mel and latent statistics.
-        Optimizer / EMA arguments: as ``diffcore.lightning.DiffusionModule``.
+        training: the optimizer, LR schedule and EMA settings, passed to ``DiffusionModule`` (see its arguments).
 
     Logged: ``train/recon_l1`` and ``val/recon_l1`` (mean |log-mel error| in the mel's stored units, natural
     log by default, on real frames), ``*/kl``.
     """
 
-    def __init__(self, net: MelVAE, kl_weight: float = 1e-4, calibration_batches: int = 16, lr: float = 2e-4,
-                 weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 0,
-                 lr_decay: LRDecay = "constant", max_steps: int | None = None, ema_decay: float | None = 0.999,
-                 ema_warmup: bool = True):
-        super().__init__(net, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
-                         lr_decay=lr_decay, max_steps=max_steps, ema_decay=ema_decay, ema_warmup=ema_warmup)
+    def __init__(self, net: MelVAE, kl_weight: float = 1e-4, calibration_batches: int = 16, **training: Any):
+        super().__init__(net, **training)
         self.kl_weight, self.calibration_batches = kl_weight, calibration_batches
         self.mel_config = net.mel_config
         self.mel_fn = MelSpectrogram(self.mel_config)
@@ -448,17 +443,15 @@ class LatentDiffusionModule(_MelBatches, DiffusionModule):
             (``LatentCache``) and train on those latents; False encodes each batch's audio at every step.
         latent_cache_dir: a directory to keep the latent caches in between runs (``latents-<split>.safetensors``,
             rebuilt when the VAE or the data change); None: in memory only.
+        training: the optimizer, LR schedule and EMA settings, passed to ``DiffusionModule`` (see its arguments).
     """
 
     def __init__(self, net: CaptionDenoiser, vae: str | MelVAE, text_encoder: TextEncoder | None = None,
                  schedule: Schedule | None = None, prediction: Prediction = "v", weighting: Weighting | None = None,
                  noise_input: NoiseInput = "t", caption_dropout: float = 0.1, sample_latents: bool = False,
                  cache_path: str | None = None, cache_latents: bool = True, latent_cache_dir: str | None = None,
-                 lr: float = 1e-4, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 0, lr_decay: LRDecay = "constant",
-                 max_steps: int | None = None, ema_decay: float | None = 0.999, ema_warmup: bool = True):
-        super().__init__(net, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
-                         lr_decay=lr_decay, max_steps=max_steps, ema_decay=ema_decay, ema_warmup=ema_warmup)
+                 **training: Any):
+        super().__init__(net, **training)
         from .inference import check_components
 
         if not 0.0 <= caption_dropout < 1.0:

@@ -24,7 +24,7 @@ from diffcore.lightning import AtomicCheckpointIO
 from diffjob import DemoError
 from diffjob.demo import run_demo
 
-STAGES = ("data", "vocoder", "vae", "t2s", "lm", "lm_ar", "eval_vocoder", "eval_t2s", "eval_text")
+STAGES = ("data", "vocoder", "vae", "t2s", "text_tokens", "lm", "lm_ar", "eval_vocoder", "eval_t2s", "eval_text")
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,9 @@ def test_smoke_report_numbers_are_sane(smoke):
     text = res["text"]["eval"]
     ppl = text["perplexity"]
     assert ppl["diffusion"]["ppl"] > 1 and ppl["ar"]["ppl"] > 1 and _finite(ppl["gap_percent"])
+    assert _finite(ppl["gap_percent_char"]) and res["text"]["tokens"]["vocab_size"] < 256  # characters
+    for k in ("diffusion", "ar", "unigram"):
+        assert math.isclose(ppl[k]["bits_per_char"], ppl[k]["nats_per_char"] / math.log(2), rel_tol=1e-9)
     assert all(_finite(r["gen_ppl"]) and r["gen_ppl"] > 1 for r in text["samples_quality"])
     assert all(isinstance(s, str) for s in text["samples"].values()) and len(text["infill"]["outputs"]) == 2
     # the template's fixed words survive infilling

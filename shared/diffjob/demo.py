@@ -34,6 +34,7 @@ from audiodiff.vocoder.search import search_schedule
 from diffcore import data
 from diffcore.toy import machine_info
 from textdiff.cli import build_cli as textdiff_cli
+from textdiff.data.loaders import tokenize_corpus
 from textdiff.evaluate import evaluate_pair as evaluate_text_pair
 from textdiff.inference import TextGenerator
 from textdiff.module import export_checkpoint as export_lm
@@ -68,9 +69,9 @@ class Profile:
 
 
 PROFILES = {
-    "full": Profile("full", "small", vocoder_steps=400, vae_steps=300, ldm_steps=1000, lm_steps=300, lm_batch_size=8,
+    "full": Profile("full", "small", vocoder_steps=400, vae_steps=300, ldm_steps=1000, lm_steps=2000, lm_batch_size=12,
                     search_utterances=3, eval_utterances=8, eval_seconds=3.0, vocoder_eval_steps=(6, 50),
-                    t2s_captions=96, t2s_pairs=32, t2s_steps=25, classifier_epochs=3, text_windows=64, text_samples=8,
+                    t2s_captions=96, t2s_pairs=32, t2s_steps=25, classifier_epochs=3, text_windows=512, text_samples=16,
                     text_sample_steps=(8, 32, 128), val_batches=4),
     "smoke": Profile("smoke", "tiny", vocoder_steps=12, vae_steps=12, ldm_steps=12, lm_steps=12, lm_batch_size=4,
                      search_utterances=1, eval_utterances=2, eval_seconds=1.0, vocoder_eval_steps=(6, 50),
@@ -206,13 +207,25 @@ def stage_t2s(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> dict[s
     return {"model": str(model), "steps": p.ldm_steps}
 
 
+TEXT_SOURCES = ["shakespeare"]  # nanoGPT's shakespeare_char set-up: the CPU anchor for "a tiny model learns text"
+
+
+def stage_text_tokens(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> dict[str, Any]:
+    """Character token files of the text set's Shakespeare, with the alphabet learnt from its train split."""
+    info = tokenize_corpus(_data(up, "text"), "char", d / "tokens", sources=TEXT_SOURCES)
+    return {"path": str(d / "tokens"), "vocab_size": info["tokenizer"]["vocab_size"], "splits": info["splits"]}
+
+
 def stage_lm(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> dict[str, Any]:
     """Train a text model (the masked diffusion LM or its AR twin: the stage's recipe says which)."""
-    p, text = ctx.profile, _data(up, "text")
+    p, tokens = ctx.profile, up["text_tokens"]["result"]
+    vocab = tokens["vocab_size"]
     ckpt = train(d, textdiff_cli, recipes,
-                 {"seed_everything": ctx.seed, "data": {"data_dir": text, "batch_size": p.lm_batch_size}},
+                 {"seed_everything": ctx.seed,
+                  "model": {"init_args": {"net": {"init_args": {"vocab_size": vocab}}}},
+                  "data": {"data_dir": tokens["path"], "batch_size": p.lm_batch_size, "vocab_size": vocab}},
                  p.lm_steps, p.val_batches, ctx.progress)
-    model = export_lm(ckpt, d / "model", tokenizer_dir=Path(text) / "tokenizer")
+    model = export_lm(ckpt, d / "model", tokenizer_dir=Path(tokens["path"]) / "tokenizer")
     return {"model": str(model), "steps": p.lm_steps}
 
 
@@ -255,7 +268,7 @@ def eval_t2s(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> dict[st
             "audio_backend": backend}
 
 
-INFILL_TEMPLATE = "The [MASK:6] of the king [MASK:8] and the queen"
+INFILL_TEMPLATE = "ROMEO:\nBut soft, what [MASK:5] through yonder [MASK:6] breaks?"
 
 
 def eval_text(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> dict[str, Any]:
@@ -263,13 +276,14 @@ def eval_text(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> dict[s
     diff = TextGenerator.from_pretrained(up["lm"]["result"]["model"])
     ar = TextGenerator.from_pretrained(up["lm_ar"]["result"]["model"])
     ctx.say(f"[eval_text] perplexity on at most {p.text_windows} test windows; sample quality vs steps")
-    res = evaluate_text_pair(diff, ar, _data(up, "text"), batch_size=8, max_windows=p.text_windows, seed=ctx.seed,
-                             samples=p.text_samples, steps_list=p.text_sample_steps)
+    res = evaluate_text_pair(diff, ar, up["text_tokens"]["result"]["path"], batch_size=64,
+                             max_windows=p.text_windows, seed=ctx.seed, samples=p.text_samples,
+                             steps_list=p.text_sample_steps)
     length = min(64, diff.net.max_len)
     samples = {f"diffusion, {s} steps": diff.sample(1, length=length, steps=s, seed=ctx.seed)[0]
                for s in p.text_sample_steps}
     samples["AR twin"] = ar.sample(1, length=length, seed=ctx.seed)[0]
-    infill = diff.infill(INFILL_TEMPLATE, 2, steps=16, seed=ctx.seed)
+    infill = diff.infill(INFILL_TEMPLATE, 2, seed=ctx.seed)
     result = {"perplexity": res["perplexity"], "samples_quality": res["samples"], "samples": samples,
               "infill": {"template": INFILL_TEMPLATE, "outputs": infill}}
     write_json(d / "eval.json", result)
@@ -302,11 +316,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("vae", stage_vae, ("data",), ("vae_steps", "val_batches"), ("t2s/vae_tiny.yaml",)),
     Stage("eval_vocoder", eval_vocoder, ("data", "vocoder"), ("eval_utterances", "eval_seconds", "vocoder_eval_steps")),
     Stage("t2s", stage_t2s, ("data", "vae"), ("ldm_steps", "t2s_steps", "val_batches"), ("t2s/ldm_tiny.yaml",)),
-    Stage("lm", stage_lm, ("data",), LM_FIELDS, ("textdiff/tiny.yaml",)),
-    Stage("lm_ar", stage_lm, ("data",), LM_FIELDS, ("textdiff/tiny_ar.yaml",)),
+    Stage("text_tokens", stage_text_tokens, ("data",)),
+    Stage("lm", stage_lm, ("text_tokens",), LM_FIELDS, ("textdiff/tiny_char.yaml",)),
+    Stage("lm_ar", stage_lm, ("text_tokens",), LM_FIELDS, ("textdiff/tiny_char_ar.yaml",)),
     Stage("eval_t2s", eval_t2s, ("data", "t2s", "vocoder", "eval_vocoder"),
           ("name", "t2s_captions", "t2s_pairs", "t2s_steps", "classifier_epochs")),
-    Stage("eval_text", eval_text, ("data", "lm", "lm_ar"), ("text_windows", "text_samples", "text_sample_steps")),
+    Stage("eval_text", eval_text, ("text_tokens", "lm", "lm_ar"),
+          ("text_windows", "text_samples", "text_sample_steps")),
 )
 CURVES = ("vocoder", "vae", "t2s", "lm", "lm_ar")  # the training stages whose loss curves the report draws
 
@@ -345,7 +361,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, profile: str | Profile = "
         "stage_seconds": {k: rec["seconds"] for k, rec in stages.records.items()},
         "data": r["data"], "vocoder": {**r["vocoder"], "eval": r["eval_vocoder"]},
         "t2s": {**r["t2s"], "eval": r["eval_t2s"], "audio_backend": r["eval_t2s"]["audio_backend"]},
-        "vae": r["vae"], "text": {"diffusion": r["lm"], "ar": r["lm_ar"], "eval": r["eval_text"]},
+        "vae": r["vae"],
+        "text": {"diffusion": r["lm"], "ar": r["lm_ar"], "eval": r["eval_text"], "tokens": r["text_tokens"]},
         "curves": {name: loss_curves(out / name) for name in CURVES},
     }
     results["wall_seconds_this_run"] = time.perf_counter() - t0

@@ -226,18 +226,22 @@ def _backend_note(b: dict[str, Any] | None) -> str:
 def text_section(results: dict[str, Any]) -> str:
     ev = results["text"]["eval"]
     ppl = ev["perplexity"]
-    d, a = ppl["diffusion"], ppl["ar"]
-    rows = [[_text("masked diffusion (NELBO bound)"), d["nll"], _Raw("≤ " + _num(d["ppl"], 1))],
-            [_text("autoregressive twin (exact)"), a["nll"], _Raw(_num(a["ppl"], 1))]]
-    q_rows = [[_text(r["sampler"]), r.get("steps"), r.get("gen_ppl"), r.get("entropy"), r.get("nfe"),
+    d = ppl["diffusion"]
+    names = {"diffusion": "masked diffusion (NELBO bound)", "ar": "autoregressive twin (exact, ceiling)",
+             "unigram": "unigram (floor)"}
+    rows = [[_text(names[k]), ppl[k]["nll"], ppl[k].get("nats_per_char"), ppl[k].get("bits_per_char"),
+             _Raw(("≤ " if k == "diffusion" else "") + _num(ppl[k].get("ppl_per_char", ppl[k]["ppl"]), 2))]
+            for k in names if k in ppl]
+    q_rows = [[_text(r["sampler"]), r.get("steps"), r.get("gen_ppl_char"), r.get("entropy"), r.get("nfe"),
                r.get("tokens_per_s")] for r in ev["samples_quality"]]
     parts = ["<section id='text'><h2>Text: masked diffusion LM and its AR twin</h2>",
              f"<p>The same transformer trained {results['text']['diffusion']['steps']:,} steps each on the same "
              "tokens: bidirectional with the masked-diffusion objective, and causal with next-token loss.</p>",
-             _table(["model", "nats/token", "perplexity"], rows,
-                    f"test split, {d['tokens']:,} tokens; diffusion bound {ppl['gap_percent']:+.1f}% vs AR"),
-             _table(["sampler", "steps", "generative ppl (AR-scored) ↓", "unigram entropy", "network calls",
-                     "tokens/s"], q_rows, "unconditional samples"),
+             _table(["model", "nats/token", "nats/char", "bits/char", "perplexity/char"], rows,
+                    f"test split, {d['tokens']:,} tokens; diffusion bound "
+                    f"{ppl.get('gap_percent_char', ppl['gap_percent']):+.1f}% vs AR (per-character perplexity)"),
+             _table(["sampler", "steps", "generative ppl/char (AR-scored) ↓", "unigram entropy", "network calls",
+                     "tokens/s"], q_rows, "unconditional samples; the real-text row is what samples should match"),
              "<h3>Samples</h3>"]
     for label, sample in ev["samples"].items():
         parts.append(f"<p><b>{_esc(label)}:</b></p><pre>{_esc(sample)}</pre>")
@@ -281,8 +285,10 @@ def headline(results: dict[str, Any]) -> list[str]:
         f"  text-to-sound, held-out captions, all attributes correct: generated "
         f"{adh['generated']['all_correct']:.2f} | ceiling {adh['ceiling']['all_correct']:.2f} | chance "
         f"{adh['chance']['all_correct']:.2f}",
-        f"  text, test perplexity: diffusion <= {ppl['diffusion']['ppl']:.1f} | AR twin {ppl['ar']['ppl']:.1f} "
-        f"({ppl['gap_percent']:+.0f}%)",
+        f"  text, test nats/char: diffusion <= {ppl['diffusion'].get('nats_per_char', ppl['diffusion']['nll']):.3f} | "
+        f"AR twin {ppl['ar'].get('nats_per_char', ppl['ar']['nll']):.3f} | unigram "
+        f"{ppl.get('unigram', {}).get('nats_per_char', float('nan')):.3f} "
+        f"(perplexity gap {ppl.get('gap_percent_char', ppl['gap_percent']):+.0f}%)",
     ]
 
 

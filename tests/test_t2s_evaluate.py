@@ -121,8 +121,9 @@ def test_evaluate_command_end_to_end(tmp_path):
     assert (tmp_path / "eval" / "classifier" / "config.json").is_file()
     assert (tmp_path / "eval" / "gen_00.wav").is_file()
     ceiling = adherence["ceiling"]
-    assert set(adherence) >= {"ceiling_without_vae", "beats_chance", "of_ceiling"}
-    assert all(lo <= ceiling[k] <= hi for k, (lo, hi) in ceiling["interval"].items() if k != "all_correct")
+    assert set(adherence) >= {"ceiling_without_vae", "beats_chance", "of_ceiling", "stats"}
+    assert all(lo <= ceiling[k] <= hi for k, (lo, hi) in adherence["stats"]["ceiling"]["interval"].items())
+    assert all(isinstance(v, float) for k, v in ceiling.items() if k not in ("n", "all_correct_by_kind"))
 
 
 def test_frechet_distance_needs_two_clips_a_side():

@@ -97,7 +97,8 @@ def measure_labels(wave: np.ndarray, sample_rate: int, kind: str, instrument: st
 
 
 def score_clips(waves: Sequence[np.ndarray], rows: Sequence[dict[str, Any]], sample_rate: int,
-                caption_rows: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+                caption_rows: Sequence[dict[str, Any]] | None = None,
+                details: dict[str, Any] | None = None) -> dict[str, Any]:
     """Accuracy of ``waves`` against the labels of ``caption_rows`` (default ``rows``: each clip's own).
 
     Returns per-attribute accuracy (over the clips that have the attribute), ``all_correct`` (every attribute
@@ -126,10 +127,11 @@ def score_clips(waves: Sequence[np.ndarray], rows: Sequence[dict[str, Any]], sam
     out["all_correct"] = float(np.mean(alls)) if alls else float("nan")
     out["all_correct_by_kind"] = {k: float(np.mean(v)) for k, v in by_kind.items()}
     out["n"] = len(alls)
-    out["counts"] = {k: [int(sum(v)), len(v)] for k, v in sorted(hits.items())}
-    out["interval"] = {k: list(wilson_interval(int(sum(v)), len(v))) for k, v in sorted(hits.items())}
-    out["interval"]["all_correct"] = list(wilson_interval(int(sum(alls)), len(alls)))
-    out["chance_expected"] = {k: expected_chance(v) for k, v in sorted(pairs.items())}
+    if details is not None:  # kept apart, so the accuracy dict stays attribute -> float
+        details["counts"] = {k: [int(sum(v)), len(v)] for k, v in sorted(hits.items())}
+        details["interval"] = {k: list(wilson_interval(int(sum(v)), len(v))) for k, v in sorted(hits.items())}
+        details["interval"]["all_correct"] = list(wilson_interval(int(sum(alls)), len(alls)))
+        details["chance_expected"] = {k: expected_chance(v) for k, v in sorted(pairs.items())}
     return out
 
 
@@ -162,17 +164,20 @@ def adherence_report(generated: Sequence[np.ndarray], real: Sequence[np.ndarray]
                      sample_rate: int, seed: int = 0, real_without_vae: Sequence[np.ndarray] | None = None
                      ) -> dict[str, Any]:
     """``generated`` scored against their captions, the ``real`` clips (through mel -> VAE -> audio) as the
-    ceiling, and the generations against shuffled captions as chance. Per attribute also the verdicts:
-    ``beats_chance`` (the interval's lower end above the expected chance) and ``of_ceiling`` (generated
-    accuracy / ceiling accuracy)."""
-    gen = score_clips(generated, rows, sample_rate)
-    ceiling = score_clips(real, rows, sample_rate)
-    out = {"generated": gen, "ceiling": ceiling,
-           "chance": score_clips(generated, rows, sample_rate, shuffled_within_kind(rows, seed))}
+    ceiling, and the generations against shuffled captions as chance. ``stats[who]``: per-attribute counts,
+    95% Wilson intervals and expected chance. Per attribute also the verdicts: ``beats_chance`` (the
+    generated interval's lower end above the expected chance) and ``of_ceiling`` (generated / ceiling)."""
+    stats: dict[str, dict[str, Any]] = {"generated": {}, "ceiling": {}}
+    gen = score_clips(generated, rows, sample_rate, details=stats["generated"])
+    ceiling = score_clips(real, rows, sample_rate, details=stats["ceiling"])
+    out: dict[str, Any] = {"generated": gen, "ceiling": ceiling,
+                           "chance": score_clips(generated, rows, sample_rate, shuffled_within_kind(rows, seed))}
     if real_without_vae is not None:
         out["ceiling_without_vae"] = score_clips(real_without_vae, rows, sample_rate)
-    attrs = list(gen["counts"])
-    out["beats_chance"] = {k: bool(gen["interval"][k][0] > gen["chance_expected"][k]) for k in attrs}
+    g = stats["generated"]
+    attrs = list(g["counts"])
+    out["stats"] = stats
+    out["beats_chance"] = {k: bool(g["interval"][k][0] > g["chance_expected"][k]) for k in attrs}
     out["of_ceiling"] = {k: (gen[k] / ceiling[k] if ceiling[k] > 0 else float("nan")) for k in attrs}
     return out
 
@@ -250,12 +255,12 @@ def paired_word_test(pipe: Any, pairs: Sequence[dict[str, Any]], *, steps: int |
 def format_adherence(report: dict[str, Any]) -> str:
     """A table: per attribute, generated accuracy [95% interval], expected chance, ceiling, generated /
     ceiling."""
-    gen, ceil = report["generated"], report["ceiling"]
+    gen, ceil, st = report["generated"], report["ceiling"], report["stats"]["generated"]
     lines = [f"{'attribute':<10} {'generated [95% CI]':>22} {'chance':>7} {'ceiling':>8} {'of ceil':>8}  n"]
-    for k in gen["counts"]:
-        lo, hi = gen["interval"][k]
-        lines.append(f"{k:<10} {gen[k]:>7.2f} [{lo:.2f}, {hi:.2f}] {gen['chance_expected'][k]:>7.2f} "
-                     f"{ceil[k]:>8.2f} {report['of_ceiling'][k]:>8.2f}  {gen['counts'][k][1]}")
+    for k in st["counts"]:
+        lo, hi = st["interval"][k]
+        lines.append(f"{k:<10} {gen[k]:>7.2f} [{lo:.2f}, {hi:.2f}] {st['chance_expected'][k]:>7.2f} "
+                     f"{ceil[k]:>8.2f} {report['of_ceiling'][k]:>8.2f}  {st['counts'][k][1]}")
     return "\n".join(lines)
 
 

@@ -183,8 +183,16 @@ def t2s_section(results: dict[str, Any], media: Media) -> str:
     attrs = sorted(k for k in adh["generated"] if k not in ("all_correct", "all_correct_by_kind", "n"))
     head = ["", "all correct", *attrs]
     rows = [[_text(label), adh[k]["all_correct"], *[adh[k].get(a) for a in attrs]]
-            for k, label in (("generated", "generated"), ("ceiling", "ceiling: real clips → mel → vocoder"),
-                             ("chance", "chance: generated vs shuffled captions"))]
+            for k, label in (("generated", "generated"), ("ceiling", "ceiling: real clips → mel → VAE → audio"),
+                             ("chance", "chance: generated vs shuffled captions")) if k in adh]
+    interval = (adh.get("stats") or {}).get("generated", {}).get("interval", {})
+    if interval:
+        rows.insert(1, [_text("generated, 95% interval"), _Raw(""),
+                        *[_Raw("[" + ", ".join(_num(x, 2) for x in interval[a]) + "]") if a in interval else None
+                          for a in attrs]])
+    paired = ev.get("paired") or {}
+    paired_rows = [[_text(attr), v["right_way"], _Raw("[" + ", ".join(_num(x, 2) for x in v["interval"]) + "]"),
+                    v["n"]] for attr, v in paired.items()]
     fd = ev["frechet"]
     fd_rows = [[_text("generated vs real"), fd["generated_vs_real"]],
                [_text("real → mel → vocoder vs real"), fd["resynthesized_real_vs_real"]],
@@ -195,6 +203,9 @@ def t2s_section(results: dict[str, Any], media: Media) -> str:
              f"guidance {ev['guidance']}, audio through {_esc(ev['audio'])}. Captions are <b>held-out attribute "
              "combinations</b>: never heard in training. Attributes are measured back from the waveform.</p>",
              _table(head, rows, f"caption adherence (accuracy), {adh['generated']['n']} held-out captions"),
+             _table(["attribute", "right way", "95% interval", "pairs"], paired_rows,
+                    "paired one-word test: the same seed with 'low' and 'high' in the caption; how often the "
+                    "measured pitch moves the right way (chance 0.5)") if paired_rows else "",
              _table(["", "Fréchet distance ↓"], fd_rows,
                     f"in-domain classifier features, N = {fd['n']} (small N inflates every value)"),
              f"<p>VAE reconstruction log-mel L1 on these clips: {_num(ev['vae_logmel_l1'])}.</p>",

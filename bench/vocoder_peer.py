@@ -178,14 +178,16 @@ def draw_levels(batch: int, gen: torch.Generator) -> Tensor:
 
 
 def l1_loss(net: nn.Module, audio: Tensor, mel: Tensor, level: Tensor, noise: Tensor,
-            std: Tensor | None = None) -> Tensor:
+            std: Tensor | None = None, data_space: bool = False) -> Tensor:
     """L1 between ``noise`` and the net's prediction of it from level * audio + sqrt(1 - level^2) * noise * std.
 
     With a PriorGrad std s (B, T) the prior noise is noise * s and the net predicts it whitened
-    (noise), so the loss is PriorGrad's ||eps - eps_hat||_{Sigma^-1} in L1 form."""
+    (noise), so the loss is PriorGrad's ||eps - eps_hat||_{Sigma^-1} in L1 form; ``data_space``: the L1
+    of the noise actually added, |s (eps_hat - eps)| (proportional to the error of the x0 estimate)."""
     scaled = noise if std is None else noise * std
     x_t = level[:, None] * audio + (1 - level[:, None] ** 2).sqrt() * scaled
-    return (net(x_t, level, mel=mel) - noise).abs().mean()
+    err = net(x_t, level, mel=mel) - noise
+    return (err * std if data_space and std is not None else err).abs().mean()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -202,16 +204,16 @@ def train_system(name: str, net: nn.Module, train: Clips, held: tuple[Tensor, Te
     held_level, held_noise = draw_levels(held_audio.shape[0], hgen), torch.randn(held_audio.shape, generator=hgen)
     held_std = prior_std(held_mel) if prior_std else None
 
-    def evaluate() -> float:
+    def evaluate(data_space: bool = False) -> float:
         net.eval()
         with torch.no_grad():
             losses = [l1_loss(net, held_audio[i:i + 8], held_mel[i:i + 8], held_level[i:i + 8], held_noise[i:i + 8],
-                              None if held_std is None else held_std[i:i + 8])
+                              None if held_std is None else held_std[i:i + 8], data_space)
                       for i in range(0, held_audio.shape[0], 8)]
         net.train()
         return float(torch.stack(losses).mean())
 
-    curve, train_seconds, losses = {}, 0.0, []
+    curve, curve_data, train_seconds, losses = {}, {}, 0.0, []
     for step in range(1, args.steps + 1):
         audio, mel = train.batch(rng, args.batch)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
@@ -223,14 +225,17 @@ def train_system(name: str, net: nn.Module, train: Clips, held: tuple[Tensor, Te
         nn.utils.clip_grad_norm_(net.parameters(), args.clip)
         opt.step()
         train_seconds += time.perf_counter() - t0
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % args.eval_every == 0 or step == args.steps:
             curve[step] = evaluate()
+            if held_std is not None:
+                curve_data[step] = evaluate(data_space=True)
             print(f"{name} step {step}: train L1 {np.mean(losses[-args.eval_every:]):.4f}  held-out L1 "
                   f"{curve[step]:.4f}  ({args.batch * step / train_seconds:.1f} segments/s)", flush=True)
         if not math.isfinite(losses[-1]):
             raise SystemExit(f"error: {name} diverged at step {step} (loss {losses[-1]})")
-    return {"heldout_l1": curve, "train_l1_last": float(np.mean(losses[-args.eval_every:])),
+    extra = {"heldout_l1_data_space": curve_data} if curve_data else {}
+    return {"heldout_l1": curve, **extra, "train_l1_last": float(np.mean(losses[-args.eval_every:])),
             "samples_per_s": args.batch * args.steps / train_seconds, "train_seconds": train_seconds,
             "parameters": sum(p.numel() for p in net.parameters())}
 
@@ -266,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--ours-net", default="{}", help="JSON overrides of WaveGradNet's config (ablations)")
     p.add_argument("--prior", choices=("standard", "priorgrad"), default="standard")
     p.add_argument("--lmnt-cache", type=Path, default=None,
-                   help="JSON of a previous run with the same settings: reuse its lmnt results (it is written if absent)")
+                   help="lmnt results of a run with the same settings: reused if present, else written")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "diffcore" / "peers")
     p.add_argument("--quality-clips", type=int, default=4)
     p.add_argument("--quality-seconds", type=float, default=3.0)
@@ -309,6 +314,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            size["downsample_channels"])
         lmnt_result = train_system("lmnt", lmnt_net, train, held, args)
         lmnt_result["quality"] = quality(Vocoder(lmnt_net, mel_config=mel_config), test, args, systems=False)
+        if args.lmnt_cache and not args.smoke:
+            args.lmnt_cache.parent.mkdir(parents=True, exist_ok=True)
+            args.lmnt_cache.write_text(json.dumps({"settings": common, "lmnt": lmnt_result}, default=float))
 
     torch.manual_seed(args.seed)
     overrides = json.loads(args.ours_net)
@@ -316,11 +324,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      upsample_factors=FACTORS[hop], **overrides)
     prior_std = None
     if args.prior == "priorgrad":
-        from audiodiff.vocoder.prior import PriorGradStd
+        from audiodiff.vocoder.inference import PriorGradStd
 
         prior_std = PriorGradStd(mel_config)
     ours_result = train_system("ours", ours_net, train, held, args, prior_std)
-    vocoder = Vocoder(ours_net, mel_config=mel_config, **({} if args.prior == "standard" else {"prior": args.prior}))
+    vocoder = Vocoder(ours_net, mel_config=mel_config, prior=args.prior)
     ours_result["quality"] = quality(vocoder, test, args, systems=True)
 
     ratio = {s: ours_result["heldout_l1"][s] / lmnt_result["heldout_l1"][_key(lmnt_result, s)]
@@ -337,9 +345,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
-    if args.lmnt_cache and cached is None and not args.smoke:
-        args.lmnt_cache.parent.mkdir(parents=True, exist_ok=True)
-        args.lmnt_cache.write_text(json.dumps({"settings": common, "lmnt": lmnt_result}, default=float))
     return result
 
 

@@ -195,9 +195,9 @@ def l1_loss(net: nn.Module, audio: Tensor, mel: Tensor, level: Tensor, noise: Te
 
 
 def train_system(name: str, net: nn.Module, train: Clips, held: tuple[Tensor, Tensor], args,
-                 prior_std=None) -> dict[str, Any]:
+                 prior_std=None, lr: float | None = None) -> dict[str, Any]:
     """Train ``net`` for ``args.steps`` steps on the shared batch/noise stream; the held-out L1 curve."""
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    opt = torch.optim.Adam(net.parameters(), lr=lr or args.lr)
     rng = np.random.default_rng(args.seed)
     held_audio, held_mel = held
     hgen = torch.Generator().manual_seed(10_000 + args.seed)
@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--smoke", action="store_true", help="a few steps on few clips (CI): both train, every key")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--ours-lr", type=float, default=None, help="another constant lr for ours (default --lr)")
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=None, help="held-out checkpoints (default steps / 8)")
@@ -276,6 +277,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--quality-clips", type=int, default=4)
     p.add_argument("--quality-seconds", type=float, default=3.0)
     p.add_argument("--quality-steps", type=int, default=6)
+    p.add_argument("--no-quality", action="store_true", help="skip the final vocoding (ablations: curves only)")
     args = p.parse_args(argv)
     if args.smoke:
         args.steps, args.heldout, args.quality_clips, args.quality_seconds = min(args.steps, 3), 8, 1, 1.0
@@ -327,13 +329,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from audiodiff.vocoder.inference import PriorGradStd
 
         prior_std = PriorGradStd(mel_config)
-    ours_result = train_system("ours", ours_net, train, held, args, prior_std)
+    ours_result = train_system("ours", ours_net, train, held, args, prior_std, args.ours_lr)
     vocoder = Vocoder(ours_net, mel_config=mel_config, prior=args.prior)
-    ours_result["quality"] = quality(vocoder, test, args, systems=True)
+    ours_result["quality"] = ({"vocoder": {}, "griffin_lim": {}, "ground_truth": {}} if args.no_quality
+                              else quality(vocoder, test, args, systems=True))
 
     ratio = {s: ours_result["heldout_l1"][s] / lmnt_result["heldout_l1"][_key(lmnt_result, s)]
              for s in ours_result["heldout_l1"]}
-    result = {"settings": common, "ours_config": {**ours_net.config, "prior": args.prior},
+    result = {"settings": common, "ours_config": {**ours_net.config, "prior": args.prior,
+                                                  "lr": args.ours_lr or args.lr},
               "lmnt": lmnt_result, "ours": ours_result,
               "ratio_ours_over_lmnt": ratio, "max_ratio": max(ratio.values()),
               "griffin_lim": ours_result["quality"].pop("griffin_lim"),

@@ -321,7 +321,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             args.lmnt_cache.write_text(json.dumps({"settings": common, "lmnt": lmnt_result}, default=float))
 
     torch.manual_seed(args.seed)
-    overrides = json.loads(args.ours_net)
+    # the named sizes scale the default log-mel to [0, ~1]; lmnt's mel is in [0, 1] already
+    overrides = {**({} if args.mel == "ours" else {"mel_offset": 0.0, "mel_scale": 1.0}), **json.loads(args.ours_net)}
     ours_net = WaveGradNet.from_size(args.size, n_mels=mel_config.n_mels, hop_length=hop,
                                      upsample_factors=FACTORS[hop], **overrides)
     prior_std = None

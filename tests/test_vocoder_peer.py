@@ -20,6 +20,10 @@ LEGACY = {"upsample_factors": (4, 4, 4, 2, 2), "mel_channels": 96, "upsample_cha
           "downsample_channels": (16, 24, 32, 48, 64), "embed_dim": 64}  # a first-release config.json
 
 
+def old_net_offset() -> float:
+    return WaveGradNet(**LEGACY).mel_offset
+
+
 def _out(net, alpha: float, x, mel):
     with torch.no_grad():
         return net(x, torch.tensor([alpha]), mel=mel)
@@ -45,6 +49,7 @@ def test_paper_options_condition_on_the_level_from_the_start_and_round_trip(tmp_
     torch.manual_seed(0)
     net = WaveGradNet.from_size("tiny")
     assert net.config["noise_conditioning"] == "additive" and net.embed is None
+    assert net.mel_offset == pytest.approx(math.log(1e-5)) and old_net_offset() == 0.0  # ln-mel floor -> 0
     mel, x = torch.randn(1, 80, 6) - 4, torch.randn(1, 6 * 256)
     lo, hi = _out(net, 0.2, x, mel), _out(net, 0.9, x, mel)
     assert (lo - hi).abs().mean() > 0.05 * lo.abs().mean()  # the level matters before any training

@@ -34,6 +34,7 @@ _SLOPE = 0.2  # leaky ReLU slope throughout, as in the paper
 PAPER_BLOCKS: dict = {"dilations": ((1, 2, 1, 2), (1, 2, 1, 2), (1, 2, 4, 8), (1, 2, 4, 8), (1, 2, 4, 8)),
                       "noise_conditioning": "additive", "modulation": "affine", "downsample": "nearest",
                       "init": "orthogonal"}
+_LN_FLOOR = math.log(1e-5)  # the default MelConfig's silence (ln of its clamp_min)
 
 # Named sizes for hop 256 (22,050 Hz, the LJSpeech convention). "base" follows the paper's
 # channels (upsampling 768 -> 512, 512, 256, 128, 128; downsampling 32, 128, 128, 256, 512);
@@ -41,10 +42,10 @@ PAPER_BLOCKS: dict = {"dilations": ((1, 2, 1, 2), (1, 2, 1, 2), (1, 2, 4, 8), (1
 SIZES: dict[str, dict] = {
     "base": {"upsample_factors": (4, 4, 4, 2, 2), "mel_channels": 768,
              "upsample_channels": (512, 512, 256, 128, 128), "downsample_channels": (32, 128, 128, 256, 512),
-             "embed_dim": 128, **PAPER_BLOCKS},
+             "embed_dim": 128, **PAPER_BLOCKS, "mel_offset": _LN_FLOOR, "mel_scale": -_LN_FLOOR},
     "tiny": {"upsample_factors": (4, 4, 4, 2, 2), "mel_channels": 96,
              "upsample_channels": (96, 64, 48, 32, 24), "downsample_channels": (16, 24, 32, 48, 64),
-             "embed_dim": 64, **PAPER_BLOCKS},
+             "embed_dim": 64, **PAPER_BLOCKS, "mel_offset": _LN_FLOOR, "mel_scale": -_LN_FLOOR},
 }
 
 
@@ -142,6 +143,9 @@ class WaveGradNet(PretrainedMixin, nn.Module):
         downsample: "conv" (learned strided convolutions) or "nearest" (the paper's interpolation).
         init: "orthogonal" (orthogonal convolution weights, zero biases; the reference implementation's)
             or "default" (PyTorch's).
+        mel_offset, mel_scale: the net sees (mel - mel_offset) / mel_scale. The named sizes map the default
+            log-mel's range [ln 1e-5, ~0] onto [0, ~1], the input range of the reference implementation
+            (whose mel is scaled to [0, 1]); with orthogonal init, raw log-mels (mean -5) start it far off.
 
     The constructor's defaults are the first release's architecture, so that saved models without
     these keys load as they were trained; ``SIZES`` (and ``from_size``) give the current one.
@@ -158,7 +162,7 @@ class WaveGradNet(PretrainedMixin, nn.Module):
                  noise_conditioning: Literal["film", "additive"] = "film",
                  modulation: Literal["residual", "affine"] = "residual",
                  downsample: Literal["conv", "nearest"] = "conv",
-                 init: Literal["default", "orthogonal"] = "default"):
+                 init: Literal["default", "orthogonal"] = "default", mel_offset: float = 0.0, mel_scale: float = 1.0):
         super().__init__()
         self.config = capture_config(locals())
         factors = [int(f) for f in upsample_factors]
@@ -180,7 +184,10 @@ class WaveGradNet(PretrainedMixin, nn.Module):
                                      ("init", init, ("default", "orthogonal"))):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {allowed}")
+        if mel_scale == 0:
+            raise ValueError("mel_scale must not be zero")
         self.n_mels, self.hop_length, self.factors = n_mels, hop_length, factors
+        self.mel_offset, self.mel_scale = float(mel_offset), float(mel_scale)
         up_ch, down_ch = list(upsample_channels), list(downsample_channels)
         additive = noise_conditioning == "additive"
         self.embed = None if additive else NoiseLevelEmbedding(embed_dim, "sinusoidal", scale=noise_scale)
@@ -228,7 +235,7 @@ class WaveGradNet(PretrainedMixin, nn.Module):
         feats = [self.wave_conv(x)]  # finest first: (B, down_ch[k], T / prod(last k factors))
         for block in self.dblocks:
             feats.append(block(feats[-1]))
-        h = self.mel_conv(mel.to(x.dtype))  # (B, mel_channels, frames)
+        h = self.mel_conv((mel.to(x.dtype) - self.mel_offset) / self.mel_scale)  # (B, mel_channels, frames)
         for i, (block, film) in enumerate(zip(self.ublocks, self.films)):
             scale, shift = film(feats[-1 - i], emb)
             h = block(h, scale, shift)

@@ -33,7 +33,7 @@ _SLOPE = 0.2  # leaky ReLU slope throughout, as in the paper
 # orthogonal init. Measured with bench/vocoder_peer.py, each learns faster per step (README ablation).
 PAPER_BLOCKS: dict = {"dilations": ((1, 2, 1, 2), (1, 2, 1, 2), (1, 2, 4, 8), (1, 2, 4, 8), (1, 2, 4, 8)),
                       "noise_conditioning": "additive", "modulation": "affine", "downsample": "nearest",
-                      "init": "orthogonal"}
+                      "init": "orthogonal", "noise_scale": 1.0}
 _LN_FLOOR = math.log(1e-5)  # the default MelConfig's silence (ln of its clamp_min)
 
 # Named sizes for hop 256 (22,050 Hz, the LJSpeech convention). "base" follows the paper's
@@ -134,8 +134,10 @@ class WaveGradNet(PretrainedMixin, nn.Module):
         embed_dim: size of the noise-level embedding (``noise_conditioning="film"`` only).
         dilations: dilations of each UBlock's four 3-tap convolutions: four numbers for every UBlock,
             or one group of four per UBlock (the paper's: 1,2,1,2 for the first two, 1,2,4,8 after).
-        noise_scale: the noise level is embedded as sinusoidal features of noise_scale * alpha
-            (5000 in the paper).
+        noise_scale: the noise level is embedded as sinusoidal features of noise_scale * alpha (periods
+            up to 10^4). The named sizes use 1 (the reference implementation's: smooth, nearly linear
+            features of the level), which learns much faster per step than 5000 (the first release's),
+            whose fast features change sign between neighbouring levels (bench/vocoder_peer.py).
         noise_conditioning: "additive" (the paper's): the level's sinusoidal encoding is added to the
             waveform features in every FiLM module; "film": an MLP embedding applied by a zero-initialised
             feature-wise modulation (the net ignores the level at initialisation).

@@ -30,7 +30,9 @@ _SLOPE = 0.2  # leaky ReLU slope throughout, as in the paper
 
 # The paper's block design (Sec. 3, Fig. 3-5): dilations 1,2,1,2 in the first two UBlocks, the noise
 # level's encoding added in the FiLM modules, gamma * h + beta, interpolation down-sampling; with
-# orthogonal init. Measured with bench/vocoder_peer.py, each learns faster per step (README ablation).
+# orthogonal init, and the level encoded at scale 1 (the reference's). Measured with bench/vocoder_peer.py
+# (README ablation): scale 1, orthogonal init and the additive encoding each help; gamma * h + beta only early
+# on; dilations and down-sampling were not measured alone.
 PAPER_BLOCKS: dict = {"dilations": ((1, 2, 1, 2), (1, 2, 1, 2), (1, 2, 4, 8), (1, 2, 4, 8), (1, 2, 4, 8)),
                       "noise_conditioning": "additive", "modulation": "affine", "downsample": "nearest",
                       "init": "orthogonal", "noise_scale": 1.0}

@@ -48,6 +48,52 @@ def default_train_schedule() -> LinearBetaSchedule:
     return LinearBetaSchedule(1e-6, 1e-2, 1000)
 
 
+class PriorGradStd(nn.Module):
+    """PriorGrad's data-dependent prior (Lee et al., ICLR 2022): a per-sample noise std from the mel.
+
+    mel (B, n_mels, F) -> std (B, F * hop). The frame energy e_f = sqrt(mean_b m_bf^2) of the linear
+    mel magnitudes m is divided by that of unit-variance white noise under the same front end, an
+    estimate of the frame's RMS amplitude (correlation 0.98 with the true RMS on speech-small), then
+    std = clamp(rms / rms_ref, std_min, 1) is held for the frame's hop samples. Loud frames get the
+    standard prior, quiet ones down to ``std_min`` (the paper's 0.1): the prior is closer to the data,
+    so the net has less to learn. Training and sampling then run in whitened coordinates x / std
+    (``Vocoder`` and ``VocoderModule`` with ``prior="priorgrad"``).
+    """
+
+    def __init__(self, mel_config: MelConfig, std_min: float = 0.1, rms_ref: float = 0.5):
+        super().__init__()
+        if not 0 < std_min <= 1 or rms_ref <= 0:
+            raise ValueError(f"need 0 < std_min <= 1 and rms_ref > 0, got std_min {std_min}, rms_ref {rms_ref}")
+        self.mel_fn, self.std_min, self.rms_ref = MelSpectrogram(mel_config), float(std_min), float(rms_ref)
+        white = torch.randn(4 * mel_config.sample_rate, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            self.white_energy = float(self.energy(self.mel_fn(white)).mean())
+
+    def energy(self, mel: Tensor) -> Tensor:
+        """RMS over bands of the linear mel magnitudes, (..., n_mels, F) -> (..., F)."""
+        return self.mel_fn.decompress(mel.float()).pow(2).mean(-2).sqrt()
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "priorgrad", "std_min": self.std_min, "rms_ref": self.rms_ref}
+
+    def forward(self, mel: Tensor) -> Tensor:
+        rms = self.energy(mel) / self.white_energy
+        std = (rms / self.rms_ref).clamp(self.std_min, 1.0)
+        return std.repeat_interleave(self.mel_fn.config.hop_length, dim=-1)
+
+
+def make_prior(prior: str | Mapping[str, Any] | None, mel_config: MelConfig) -> PriorGradStd | None:
+    """None for the standard N(0, I) prior ("standard" or None); a ``PriorGradStd`` for "priorgrad" or its
+    saved config ({"kind": "priorgrad", "std_min": ..., "rms_ref": ...})."""
+    if prior is None or prior == "standard" or (isinstance(prior, Mapping) and prior.get("kind") == "standard"):
+        return None
+    if prior == "priorgrad":
+        return PriorGradStd(mel_config)
+    if isinstance(prior, Mapping) and prior.get("kind") == "priorgrad":
+        return PriorGradStd(mel_config, **{k: v for k, v in prior.items() if k != "kind"})
+    raise ValueError(f"unknown prior {prior!r}; choose 'standard' or 'priorgrad' (or a saved prior config)")
+
+
 def betas_from_alpha_bars(alpha_bars: Tensor) -> Tensor:
     """Betas of a table whose cumulative products are ``alpha_bars`` (increasing noise)."""
     ab = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars.to(torch.float64)])
@@ -131,11 +177,14 @@ class Vocoder(nn.Module):
         prediction: what the net predicts ("eps" for WaveGrad).
         clip: x0 estimates are clamped to this range in sampling (waveforms lie in [-1, 1]); None: no clip.
         eta: 1 for DDPM ancestral sampling (WaveGrad), 0 for deterministic DDIM.
+        prior: "standard" (N(0, I)) or "priorgrad" (``PriorGradStd``: the initial noise and every step's
+            noise scaled by a std from the mel; the sampler runs on x / std), or a saved prior config.
     """
 
     def __init__(self, net: WaveGradNet, train_schedule: Schedule | None = None, mel_config: MelConfig | None = None,
                  noise_schedules: Mapping[int, Sequence[float]] | None = None, default_steps: int | None = None,
-                 prediction: Prediction = "eps", clip: tuple[float, float] | None = (-1.0, 1.0), eta: float = 1.0):
+                 prediction: Prediction = "eps", clip: tuple[float, float] | None = (-1.0, 1.0), eta: float = 1.0,
+                 prior: str | Mapping[str, Any] | None = "standard"):
         super().__init__()
         self.net = net
         self.schedule = train_schedule or default_train_schedule()
@@ -149,6 +198,7 @@ class Vocoder(nn.Module):
             self.set_noise_schedule(v, make_default=False, steps=int(k))
         self.default_steps = default_steps
         self.prediction, self.clip, self.eta = prediction, (tuple(clip) if clip is not None else None), eta
+        self.prior = make_prior(prior, self.mel_config)
 
     # ----------------------------------------------------------------------------------------------
     # properties and schedules
@@ -235,11 +285,19 @@ class Vocoder(nn.Module):
             generator = torch.Generator(self.device).manual_seed(seed)
         ts = self.grid(steps, betas)
         net = ChunkedNet(self.net, self.hop_length, chunk_frames, context_frames, fade_frames)
+        std, clip = None, self.clip
+        if self.prior is not None:  # PriorGrad: sample y = x / std from N(0, I); the net sees x = y * std
+            std = self.prior.to(mel.device)(mel)  # (B, T)
+            chunked = net
+            net = lambda y, c, mel: chunked(y * std, c, mel=mel)  # noqa: E731
+            clip = (clip[0] / std, clip[1] / std) if clip is not None else None
         D = as_denoiser(net, self.schedule, self.prediction, noise_input_kind="alpha")
         shape = (mel.shape[0], mel.shape[-1] * self.hop_length)
         x_T = prior_sample(self.schedule, shape, t_max=float(ts[0]), generator=generator, device=self.device)
         wave = sample_ddim(D, x_T, ts, self.schedule, eta=self.eta, cond={"mel": mel}, generator=generator,
-                           clip=self.clip)
+                           clip=clip)
+        if std is not None:
+            wave = wave * std
         if self.clip is not None:
             wave = wave.clamp(*self.clip)
         return wave[0] if squeeze else wave
@@ -262,6 +320,7 @@ class Vocoder(nn.Module):
                 "noise_input": "alpha",
                 "clip": list(self.clip) if self.clip is not None else None,
                 "eta": self.eta,
+                "prior": self.prior.config() if self.prior is not None else "standard",
             },
         }
 
@@ -283,7 +342,8 @@ class Vocoder(nn.Module):
         return cls(net, schedule_from_config(meta["train_schedule"]), mel_config,
                    noise_schedules={int(k): v for k, v in meta.get("noise_schedules", {}).items()},
                    default_steps=meta.get("default_steps"), prediction=meta.get("prediction", "eps"),
-                   clip=tuple(clip) if clip is not None else None, eta=meta.get("eta", 1.0)).eval()
+                   clip=tuple(clip) if clip is not None else None, eta=meta.get("eta", 1.0),
+                   prior=meta.get("prior", "standard")).eval()
 
 
 def update_noise_schedule(directory: str | os.PathLike, betas: Sequence[float], make_default: bool = True) -> None:

@@ -25,7 +25,7 @@ from diffcore.parameterization import Prediction
 from diffcore.schedules import Schedule
 
 from ..mel import MelConfig, MelSpectrogram, mel_image, write_png
-from .inference import Vocoder, default_train_schedule
+from .inference import Vocoder, default_train_schedule, make_prior
 from .model import WaveGradNet
 
 
@@ -61,17 +61,17 @@ class VocoderModule(DiffusionModule):
             image, its log-mel distance): at the first validation, then at the first one past each
             multiple of this many optimizer steps; 0 turns it off.
         sample_steps: refinement steps for that sample. sample_seconds: at most this much of the utterance.
-        **kwargs: optimizer, LR schedule and EMA settings of ``DiffusionModule``.
+        prior: "standard" (N(0, I), WaveGrad) or "priorgrad" (PriorGrad's data-dependent prior, a per-sample
+            std from the mel's frame energy, ``PriorGradStd``): the noise is scaled by the std and the loss
+            is taken on the whitened noise, i.e. weighted by Sigma^-1. Saved with the model.
+        training: the optimizer, LR schedule and EMA settings, passed to ``DiffusionModule`` (see its arguments).
     """
 
     def __init__(self, net: WaveGradNet, schedule: Schedule | None = None, mel: MelConfig | None = None,
                  prediction: Prediction = "eps", loss_norm: Literal["l1", "l2"] = "l1",
                  sample_every_n_steps: int = 1000, sample_steps: int = 50, sample_seconds: float = 4.0,
-                 lr: float = 2e-4, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-                 warmup_steps: int = 0, lr_decay: Literal["constant", "cosine", "linear"] = "constant",
-                 max_steps: int | None = None, ema_decay: float | None = 0.9999, ema_warmup: bool = True):
-        super().__init__(net, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
-                         lr_decay=lr_decay, max_steps=max_steps, ema_decay=ema_decay, ema_warmup=ema_warmup)
+                 prior: str | dict[str, Any] = "standard", **training: Any):
+        super().__init__(net, **training)
         self.schedule = schedule or default_train_schedule()
         self.mel_config = mel or MelConfig()
         if self.mel_config.n_mels != net.n_mels or self.mel_config.hop_length != net.hop_length:
@@ -79,6 +79,7 @@ class VocoderModule(DiffusionModule):
                              f"{self.mel_config.hop_length}) does not fit the network (n_mels {net.n_mels}, "
                              f"hop_length {net.hop_length})")
         self.mel_fn = MelSpectrogram(self.mel_config)
+        self.prior = make_prior(prior, self.mel_config)
         self.prediction, self.loss_norm = prediction, loss_norm
         self.sample_every_n_steps, self.sample_steps, self.sample_seconds = (sample_every_n_steps, sample_steps,
                                                                              sample_seconds)
@@ -86,7 +87,11 @@ class VocoderModule(DiffusionModule):
 
     def vocoder(self) -> Vocoder:
         """A ``Vocoder`` around the current weights (use inside ``ema_weights()`` for the EMA ones)."""
-        return Vocoder(self.net, self.schedule, self.mel_config, prediction=self.prediction)
+        return Vocoder(self.net, self.schedule, self.mel_config, prediction=self.prediction,
+                       prior=self._prior_config())
+
+    def _prior_config(self) -> str | dict[str, Any]:
+        return self.prior.config() if self.prior is not None else "standard"
 
     # ----------------------------------------------------------------------------------------------
     # training
@@ -114,7 +119,13 @@ class VocoderModule(DiffusionModule):
         gen = None if self.training else torch.Generator().manual_seed(0)
         t = sample_noise_level(self.schedule, audio.shape[0], generator=gen, device=audio.device)
         noise = None if gen is None else torch.randn(audio.shape, generator=gen).to(audio)
-        return dsm_loss(self.net, audio, self.schedule, prediction=self.prediction, norm=self.loss_norm, t=t,
+        net, x0 = self.net, audio
+        if self.prior is not None:
+            # PriorGrad: x_t = alpha x0 + sigma std eps, i.e. standard diffusion of x0 / std seen through
+            # net(y * std); the loss on eps is the Sigma^-1-weighted loss on the scaled noise std * eps
+            std = self.prior.to(mel.device)(mel).to(audio.dtype)
+            net, x0 = (lambda y, c, mel: self.net(y * std, c, mel=mel)), audio / std
+        return dsm_loss(net, x0, self.schedule, prediction=self.prediction, norm=self.loss_norm, t=t,
                         noise=noise, noise_input_kind="alpha", mel=mel)
 
     # ----------------------------------------------------------------------------------------------
@@ -144,7 +155,7 @@ class VocoderModule(DiffusionModule):
 
     def export_metadata(self) -> dict[str, Any]:
         return {"train_schedule": self.schedule.config(), "mel_config": self.mel_config.to_dict(),
-                "prediction": self.prediction}
+                "prediction": self.prediction, "prior": self._prior_config()}
 
 
 def log_sample(logger: Any, wave: Tensor, mel: Tensor, mel_out: Tensor, sample_rate: int, step: int) -> None:
@@ -275,5 +286,5 @@ def export_checkpoint(checkpoint: str | Path, directory: str | Path, *, ema: boo
 
     net, info = load_net(read_checkpoint(checkpoint, VocoderModule), ema=ema)
     vocoder = Vocoder(net, schedule_from_config(info["train_schedule"]), MelConfig.from_dict(info["mel_config"]),
-                      prediction=info.get("prediction", "eps"))
+                      prediction=info.get("prediction", "eps"), prior=info.get("prior", "standard"))
     return vocoder.save_pretrained(directory)

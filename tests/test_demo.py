@@ -78,7 +78,8 @@ def test_smoke_report_numbers_are_sane(smoke):
     assert all(_finite(r["gen_ppl"]) and r["gen_ppl"] > 1 for r in text["samples_quality"])
     assert all(isinstance(s, str) for s in text["samples"].values()) and len(text["infill"]["outputs"]) == 2
     # the template's fixed words survive infilling
-    assert all(o.startswith("ROMEO:\nBut soft, what ") and " through yonder " in o and o.endswith(" breaks?")
+    # (the tiny set's alphabet lacks "?": a character tokenizer writes it as U+FFFD)
+    assert all(o.startswith("ROMEO:\nBut soft, what ") and " through yonder " in o and o[:-1].endswith(" breaks")
                for o in text["infill"]["outputs"])
 
     for name in ("vocoder", "vae", "t2s", "lm", "lm_ar"):

@@ -70,9 +70,10 @@ def _export(ns: argparse.Namespace) -> int:
 
     from .module import LatentDiffusionModule, VAEModule, export_pipeline, export_vae
 
-    module = import_class(read_checkpoint(ns.checkpoint)[CHECKPOINT_KEY]["module_class"])
+    ckpt = read_checkpoint(ns.checkpoint)  # read once: its module class says which export it takes
+    module = import_class(ckpt[CHECKPOINT_KEY]["module_class"])
     if issubclass(module, VAEModule):
-        path = export_vae(ns.checkpoint, ns.out, data=ns.data, batches=ns.batches, ema=not ns.raw_weights)
+        path = export_vae(ckpt, ns.out, data=ns.data, batches=ns.batches, ema=not ns.raw_weights)
         from .vae import MelVAE
 
         vae = MelVAE.from_pretrained(path)
@@ -82,7 +83,7 @@ def _export(ns: argparse.Namespace) -> int:
     if issubclass(module, LatentDiffusionModule):
         settings = {k: v for k, v in (("steps", ns.steps), ("guidance", ns.guidance), ("sampler", ns.sampler))
                     if v is not None}
-        path = export_pipeline(ns.checkpoint, ns.out, vocoder=ns.vocoder, ema=not ns.raw_weights, **settings)
+        path = export_pipeline(ckpt, ns.out, vocoder=ns.vocoder, ema=not ns.raw_weights, **settings)
         print(f"exported the text-to-sound pipeline to {path}" + ("" if ns.vocoder else " (Griffin-Lim: no vocoder)"))
         return 0
     raise ValueError(f"{ns.checkpoint} is a {module.__name__} checkpoint, neither a VAEModule nor a "

@@ -382,7 +382,7 @@ def _data_settings(dm: Any) -> dict[str, Any] | None:
             "train_split": dm.train_split}
 
 
-def export_vae(checkpoint: str | os.PathLike, directory: str | os.PathLike, *, data: str | None = None,
+def export_vae(checkpoint: str | os.PathLike | dict[str, Any], directory: str | os.PathLike, *, data: str | None = None,
                batches: int = 16, ema: bool = True) -> Path:
     """A ``VAEModule`` checkpoint -> a ``MelVAE`` directory, with the latent statistics measured on ``batches``
     training batches of ``data`` (default: the data set recorded in the checkpoint).
@@ -558,8 +558,8 @@ class LatentDiffusionModule(_MelBatches, DiffusionModule):
         }
 
 
-def export_pipeline(checkpoint: str | os.PathLike, directory: str | os.PathLike, *, vocoder: Any = None,
-                    ema: bool = True, **settings: Any) -> Path:
+def export_pipeline(checkpoint: str | os.PathLike | dict[str, Any], directory: str | os.PathLike, *,
+                    vocoder: Any = None, ema: bool = True, **settings: Any) -> Path:
     """A ``LatentDiffusionModule`` checkpoint -> a pipeline directory (VAE, denoiser, text-encoder reference,
     and ``vocoder`` (a ``Vocoder`` or its directory) if given). ``settings``: pipeline defaults (steps,
     guidance, sampler, ...). Only export checkpoints you trust (they are pickles)."""

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data, toy
-from .errors import DEBUG_FLAG, DEBUG_HELP, run_cli
+from .errors import DEBUG_FLAG, DEBUG_HELP, UserError, run_cli
 from .schedules import CosineSchedule
 
 COMMANDS = "diffcore.commands"  # entry-point group of the commands other packages add
@@ -85,7 +85,7 @@ def _data(args: argparse.Namespace) -> int:
               (", and Chromium for the report-page test" if args.browser else ""))
         return 0
     if args.name is None:
-        raise data.DataError(f"name the data set: {', '.join(data.BUILDERS)} or all (e.g. diffcore data build all)")
+        raise UserError(f"name the data set: {', '.join(data.BUILDERS)} or all (e.g. diffcore data build all)")
     names = list(data.BUILDERS) if args.name == "all" else [args.name]
     for name in names:
         if args.action == "path":

@@ -283,17 +283,22 @@ def _batch_size(batch: Any) -> int | None:
 # export: a training checkpoint -> the trained net
 
 
-def read_checkpoint(path: str | os.PathLike, module: type[DiffusionModule] | None = None) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike | dict[str, Any],
+                    module: type[DiffusionModule] | None = None) -> dict[str, Any]:
     """The contents of a Lightning checkpoint written by a ``DiffusionModule`` (of class ``module`` or a
-    subclass, if given), with errors that name the file. Checkpoints are pickles: read only your own."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"no checkpoint at {p}; pass the .ckpt written while training "
-                                "(e.g. lightning_logs/version_0/checkpoints/last.ckpt)")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or not a torch file at all
-        raise ValueError(f"{p} is not a readable training checkpoint ({type(e).__name__}: {e})") from e
+    subclass, if given), with errors that name the file. ``path`` may be contents already read (they are
+    checked, not read again). Checkpoints are pickles: read only your own."""
+    if isinstance(path, dict):
+        ckpt, p = path, "the checkpoint"
+    else:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"no checkpoint at {p}; pass the .ckpt written while training "
+                                    "(e.g. lightning_logs/version_0/checkpoints/last.ckpt)")
+        try:
+            ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as e:  # truncated or not a torch file at all
+            raise ValueError(f"{p} is not a readable training checkpoint ({type(e).__name__}: {e})") from e
     meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
     if meta is None:
         raise ValueError(f"{p} was not written by a diffcore DiffusionModule (no {CHECKPOINT_KEY!r} entry)")

@@ -31,7 +31,7 @@ STAGES = ("data", "vocoder", "vae", "t2s", "text_tokens", "lm", "lm_ar", "eval_v
 def smoke(tmp_path_factory, tiny_data_root, speech_tiny, sounds_tiny):
     out = tmp_path_factory.mktemp("demo") / "run"
     assert main(["demo", "--smoke", "--out", out, "--data-root", tiny_data_root, "--no-progress",
-                 "--threads", "1"]) == 0
+                 "--jobs", "2", "--threads", "1"]) == 0  # two stages at a time, each in its own process
     return out
 
 
@@ -93,7 +93,8 @@ def test_smoke_report_numbers_are_sane(smoke):
 def test_second_run_reuses_every_stage(smoke, tiny_data_root):
     said: list[str] = []
     before = json.loads((smoke / "results.json").read_text())
-    res = run_demo(smoke, profile="smoke", data_root=tiny_data_root, progress=False, threads=1, say=said.append)
+    res = run_demo(smoke, profile="smoke", data_root=tiny_data_root, progress=False, threads=1, jobs=1,
+                   say=said.append)
     reused = [line for line in said if line.endswith("reused; --fresh redoes it")]
     assert len(reused) == len(STAGES), said
     assert res["text"]["eval"]["perplexity"] == before["text"]["eval"]["perplexity"]
@@ -110,7 +111,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(smoke, tiny_data_root)
     (d / "done.json").unlink()
     shutil.rmtree(d / "model")
     said: list[str] = []
-    run_demo(smoke, profile="smoke", data_root=tiny_data_root, progress=False, threads=1, say=said.append)
+    run_demo(smoke, profile="smoke", data_root=tiny_data_root, progress=False, threads=1, jobs=2, say=said.append)
     assert "[lm_ar] resuming" in said
     assert "[eval_text] starting" in said  # downstream of lm_ar
     assert "[lm] done earlier" in " ".join(said) and "[vocoder] done earlier" in " ".join(said)
@@ -135,8 +136,8 @@ def test_a_trained_vocoder_replaces_the_tiny_one_without_being_touched(smoke, ti
     out = tmp_path / "run"
     shutil.copytree(smoke, out)
     said: list[str] = []
-    res = run_demo(out, profile="smoke", data_root=tiny_data_root, progress=False, threads=1, vocoder=source,
-                   say=said.append)
+    res = run_demo(out, profile="smoke", data_root=tiny_data_root, progress=False, threads=1, jobs=1,
+                   vocoder=source, say=said.append)
     for stage in ("vocoder", "eval_vocoder", "eval_t2s"):
         assert f"[{stage}] starting" in said, said
     for stage in ("data", "vae", "t2s", "lm", "lm_ar", "eval_text"):
@@ -150,7 +151,7 @@ def test_a_trained_vocoder_replaces_the_tiny_one_without_being_touched(smoke, ti
     assert "--vocoder" in (out / "report" / "index.html").read_text()
 
     said.clear()
-    run_demo(out, profile="smoke", data_root=tiny_data_root, progress=False, threads=1, vocoder=source,
+    run_demo(out, profile="smoke", data_root=tiny_data_root, progress=False, threads=1, jobs=1, vocoder=source,
              say=said.append)
     assert sum(line.endswith("reused; --fresh redoes it") for line in said) == len(STAGES)
 

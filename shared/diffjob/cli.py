@@ -15,7 +15,8 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo  # imports every system: only when the command runs
 
     run_demo(args.out, profile="smoke" if args.smoke else "full", fresh=args.fresh, data_root=args.data_root,
-             recipes=args.recipes, seed=args.seed, threads=args.threads, progress=not args.no_progress,
+             recipes=args.recipes, seed=args.seed, threads=args.threads, jobs=args.jobs,
+             progress=not args.no_progress,
              vocoder=args.vocoder)
     return 0
 
@@ -37,7 +38,11 @@ def add_demo_command(sub: Any) -> None:
     demo.add_argument("--recipes", default=None, help="recipes folder (default: the recipes shipped with the "
                                                       "package, i.e. the project's recipes/)")
     demo.add_argument("--seed", type=int, default=0, help="seed of data, training and sampling (default 0)")
-    demo.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
+    demo.add_argument("--jobs", type=positive_int, default=None,
+                      help="stages run at once, each in its own process (default 2 on a machine with 2 or more "
+                           "cores: tiny models use two cores poorly, two stages side by side finish sooner)")
+    demo.add_argument("--threads", type=positive_int, default=None,
+                      help="torch threads per stage (default: the cores divided among the jobs)")
     demo.add_argument("--vocoder", default=None, metavar="DIR",
                       help="a trained vocoder folder (audiodiff export, e.g. from recipes/vocoder/base.yaml on a "
                            "GPU) to use instead of training the tiny one; it is copied, never modified")

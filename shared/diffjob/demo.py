@@ -12,7 +12,8 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from textdiff.evaluate import evaluate_pair as evaluate_text_pair
 from textdiff.inference import TextGenerator
 from textdiff.module import export_checkpoint as export_lm
 
-from .stages import DemoError, Stages, fingerprint, loss_curves, train, write_json
+from .stages import DemoError, Job, Stages, cpu_cores, fingerprint, loss_curves, run_jobs, train, write_json
 
 
 @dataclass(frozen=True)
@@ -324,17 +325,28 @@ STAGES: tuple[Stage, ...] = (
     Stage("eval_text", eval_text, ("text_tokens", "lm", "lm_ar"),
           ("text_windows", "text_samples", "text_sample_steps")),
 )
+def _call_stage(run: Callable[..., dict[str, Any]], ctx: Context, paths: list[Path], d: Path,
+                up: Results) -> dict[str, Any]:
+    return run(ctx, d, up, paths)
+
+
+def _say_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 CURVES = ("vocoder", "vae", "t2s", "lm", "lm_ar")  # the training stages whose loss curves the report draws
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", *, profile: str | Profile = "full", fresh: bool = False,
              data_root: str | os.PathLike | None = None, recipes: str | os.PathLike | None = None, seed: int = 0,
-             threads: int | None = None, progress: bool = True, vocoder: str | os.PathLike | None = None,
-             say: Callable[[str], None] | None = None) -> dict[str, Any]:
+             threads: int | None = None, jobs: int | None = None, progress: bool = True,
+             vocoder: str | os.PathLike | None = None, say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or resume) the whole job into ``out`` and return ``results.json``'s content (see the package doc).
 
     ``vocoder``: a saved vocoder folder (e.g. from the GPU recipe) used instead of training the tiny one; it
-    is copied into the output folder, never written to.
+    is copied into the output folder, never written to. ``jobs``: stages run at once, each in its own
+    process (default 2 on a machine with 2 or more cores, else 1); ``threads``: torch threads per stage
+    (default: the cores divided among the jobs).
     """
     from .report import headline, write_report
 
@@ -347,13 +359,21 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, profile: str | Profile = "
     stage_recipes = {s.name: [ctx.recipe(r) for r in ((TRAINER, *s.recipes) if s.recipes else ())]
                      for s in STAGES}  # all there, and the pretrained vocoder checked, before anything is written
     stages = Stages(out, fresh, talk)
-    torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
+    cores = cpu_cores()
+    jobs = jobs or (2 if cores >= 2 else 1)
+    threads = threads or max(1, cores // jobs)
+    torch.set_num_threads(threads)
+    # in a worker process: no progress bars (two would garble each other), lines to stderr
+    worker_ctx = replace(ctx, say=_say_stderr, progress=False) if jobs > 1 else ctx
     t0 = time.perf_counter()
+    todo = []
     for s in STAGES:
         paths = stage_recipes[s.name]
         settings = {"seed": seed, **{f: getattr(prof, f) for f in s.fields}, **s.extra(ctx),
                     "recipes": {str(p.relative_to(ctx.recipes)): fingerprint(p.read_text()) for p in paths}}
-        stages.run(s.name, settings, s.upstream, lambda d, s=s, paths=paths: s.run(ctx, d, stages.records, paths))
+        todo.append(Job(s.name, settings, s.upstream, partial(_call_stage, s.run, worker_ctx, paths)))
+    talk(f"{len(STAGES)} stages, {jobs} at a time with {threads} torch thread(s) each")
+    run_jobs(stages, todo, workers=jobs, threads=threads)
 
     r = {name: rec["result"] for name, rec in stages.records.items()}
     results = {
@@ -366,6 +386,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, profile: str | Profile = "
         "curves": {name: loss_curves(out / name) for name in CURVES},
     }
     results["wall_seconds_this_run"] = time.perf_counter() - t0
+    results["parallel"] = {"jobs": jobs, "threads_per_job": threads}
     page = write_report(out, results)
     results["report"] = str(page)
     write_json(out / "results.json", results)

@@ -290,7 +290,8 @@ def headline(results: dict[str, Any]) -> list[str]:
     ppl = results["text"]["eval"]["perplexity"]
     secs = sum(results["stage_seconds"].values())
     return [
-        f"demo ({results['profile']['name']}): stages took {secs / 60:.1f} min in all",
+        f"demo ({results['profile']['name']}): {results['wall_seconds_this_run'] / 60:.1f} min wall this run; "
+        f"the stages took {secs / 60:.1f} min together ({results['parallel']['jobs']} at a time)",
         f"  vocoder, unseen speakers, PESQ-wb: WaveGrad {six['steps']} steps {six['pesq_wb_mean']:.2f} | "
         f"Griffin-Lim {gl['pesq_wb_mean']:.2f} | log-mel L1 {six['logmel_mean']:.3f} vs {gl['logmel_mean']:.3f}",
         f"  text-to-sound, held-out captions, all attributes correct: generated "

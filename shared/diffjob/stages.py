@@ -18,6 +18,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,9 @@ class Stages:
                             "(the demo only ever deletes inside its own output folder)")
         (out / MARKER).write_text("made by diffcore demo; stages are reused or redone in here\n")
 
-    def run(self, name: str, settings: dict[str, Any], upstream: Sequence[str],
-            fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    def begin(self, name: str, settings: dict[str, Any], upstream: Sequence[str]) -> tuple[str, bool]:
+        """Fingerprint stage ``name``; reuse it (``records[name]`` set, returns ``(fp, True)``) or prepare its
+        folder for a run (stale contents removed, returns ``(fp, False)``)."""
         d = self.out / name
         # keyed on each upstream stage's run id: when an upstream stage is redone, everything after it is too
         fp = fingerprint({"settings": settings, "upstream": [self.records[u]["run"] for u in upstream]})
@@ -72,7 +74,7 @@ class Stages:
             if record.get("fingerprint") == fp:
                 self.say(f"[{name}] done earlier ({record['seconds']:.0f} s), reused; --fresh redoes it")
                 self.records[name] = record
-                return record
+                return fp, True
         started = d / "fingerprint"
         if d.exists() and (self.fresh or not started.is_file() or started.read_text() != fp):
             shutil.rmtree(d)  # stale: other settings, other upstream results, or --fresh
@@ -80,14 +82,110 @@ class Stages:
         d.mkdir(parents=True, exist_ok=True)
         started.write_text(fp)
         self.say(f"[{name}] {'resuming' if resumed else 'starting'}")
-        t0 = time.perf_counter()
-        result = fn(d)
-        record = {"fingerprint": fp, "run": f"{name}-{time.time_ns()}", "seconds": time.perf_counter() - t0,
+        return fp, False
+
+    def finish(self, name: str, fp: str, settings: dict[str, Any], result: dict[str, Any],
+               seconds: float) -> dict[str, Any]:
+        """Record a stage that ran: ``done.json`` (written last, atomically) makes it reusable."""
+        record = {"fingerprint": fp, "run": f"{name}-{time.time_ns()}", "seconds": seconds,
                   "settings": settings, "result": result}
-        write_json(done, record)
-        self.say(f"[{name}] finished in {record['seconds']:.0f} s")
+        write_json(self.out / name / "done.json", record)
+        self.say(f"[{name}] finished in {seconds:.0f} s")
         self.records[name] = record
         return record
+
+    def run(self, name: str, settings: dict[str, Any], upstream: Sequence[str],
+            fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+        """Reuse stage ``name`` or run ``fn(folder)`` here, in this process."""
+        fp, reused = self.begin(name, settings, upstream)
+        if reused:
+            return self.records[name]
+        t0 = time.perf_counter()
+        result = fn(self.out / name)
+        return self.finish(name, fp, settings, result, time.perf_counter() - t0)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A stage to run: ``fn(folder, records)`` returns its result, ``records`` being the finished stages' records
+    by name. With ``workers > 1`` in :func:`run_jobs`, ``fn`` runs in another process and must pickle (a
+    module-level function, or a ``functools.partial`` of one)."""
+
+    name: str
+    settings: dict[str, Any]
+    upstream: tuple[str, ...]
+    fn: Callable[[Path, dict[str, dict[str, Any]]], dict[str, Any]]
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else max(1, os.cpu_count() or 1)
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_jobs(stages: Stages, jobs: Sequence[Job], workers: int = 1, threads: int = 1,
+             heartbeat: float = 60.0) -> None:
+    """Run (or reuse) every job once its upstream stages are done, in list order among the ready ones.
+
+    ``workers == 1`` runs them one by one in this process. Otherwise up to ``workers`` run at once, each in
+    its own process with ``threads`` torch threads: tiny models use two cores poorly, so two one-thread
+    stages side by side finish sooner than the same two one after the other with two threads each. Every
+    ``heartbeat`` seconds the running stages are named. A stage's error stops the others and is raised here.
+    """
+    if workers <= 1:
+        for j in jobs:
+            stages.run(j.name, j.settings, j.upstream, lambda d, j=j: j.fn(d, stages.records))
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    names = {j.name for j in jobs}
+    for j in jobs:
+        missing = [u for u in j.upstream if u not in names]
+        if missing:
+            raise DemoError(f"stage {j.name} depends on {missing}, which are not stages of this job")
+    pending = list(jobs)
+    running: dict[Any, tuple[Job, str, float]] = {}  # future -> (job, fingerprint, start)
+    # not multiprocessing.Pool: its workers are daemons, which may not start DataLoader workers
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(threads,))
+    try:
+        while pending or running:
+            started = False
+            for j in list(pending):
+                if len(running) >= workers:
+                    break
+                if all(u in stages.records for u in j.upstream):
+                    pending.remove(j)
+                    started = True
+                    fp, reused = stages.begin(j.name, j.settings, j.upstream)
+                    if not reused:
+                        future = pool.submit(j.fn, stages.out / j.name, dict(stages.records))
+                        running[future] = (j, fp, time.perf_counter())
+            if not running:
+                if started:  # everything started was reused: more may be ready now
+                    continue
+                raise DemoError(f"stages {[j.name for j in pending]} wait on each other (a cycle in their upstream)")
+            done, _ = wait(running, timeout=heartbeat, return_when=FIRST_COMPLETED)
+            if not done:
+                now = time.perf_counter()
+                stages.say("[running] " + ", ".join(f"{j.name} {now - t0:.0f} s" for j, _, t0 in running.values()))
+            for future in done:
+                j, fp, t0 = running.pop(future)
+                result = future.result()  # re-raises the stage's own error
+                stages.finish(j.name, fp, j.settings, result, time.perf_counter() - t0)
+    except BaseException:
+        # stop the other stages now (they resume from their last checkpoint next time), not when they finish
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -4,17 +4,19 @@ sets, trains tiny models of all three kinds, samples from them, evaluates them a
 report (``<out>/report/index.html``). Arrows point down: diffjob -> systems -> diffcore.
 
 Stages (``diffjob.demo.STAGES``; each one's output lives in ``<out>/<stage>/``, and a stage whose inputs
-have not changed is reused when the command runs again; ``--fresh`` redoes them):
+have not changed is reused when the command runs again; ``--fresh`` redoes them; two run side by side,
+each in its own process, whenever their inputs are ready, ``--jobs``):
 
-    data      speech, sounds, text (``diffcore.data.build``; in the data cache, shared with other runs)
-    vocoder   WaveGrad, recipes/vocoder/tiny.yaml, then a searched 6-step schedule (``--vocoder DIR``:
-              a copy of a vocoder trained elsewhere instead)
-    vae       mel VAE, recipes/t2s/vae_tiny.yaml, exported with its measured latent scale
-    t2s       latent diffusion, recipes/t2s/ldm_tiny.yaml, exported as a pipeline (audio via Griffin-Lim
-              or the vocoder, whichever measured better)
-    lm, lm_ar masked diffusion LM and its autoregressive twin, recipes/textdiff/tiny{,_ar}.yaml
-    eval_*    the vocoder, text-to-sound and text evaluations (the same code as the ``evaluate`` commands)
-    report    index.html + media/ (WAV, PNG) + results.json
+    data         speech, sounds, text (``diffcore.data.build``; in the data cache, shared with other runs)
+    vocoder      WaveGrad, recipes/vocoder/tiny.yaml, then a searched 6-step schedule (``--vocoder DIR``:
+                 a copy of a vocoder trained elsewhere instead)
+    vae          mel VAE, recipes/t2s/vae_tiny.yaml, exported with its measured latent scale
+    t2s          latent diffusion, recipes/t2s/ldm_tiny.yaml, exported as a pipeline (audio via Griffin-Lim
+                 or the vocoder, whichever measured better)
+    text_tokens  character tokens of the text set's Shakespeare (alphabet from its train split)
+    lm, lm_ar    masked diffusion LM and its autoregressive twin, recipes/textdiff/tiny_char{,_ar}.yaml
+    eval_*       the vocoder, text-to-sound and text evaluations (the same code as the ``evaluate`` commands)
+    report       index.html + media/ (WAV, PNG) + results.json
 
 The recipes ship inside this package (``diffjob/recipes`` is the project's ``recipes/`` folder).
 ``diffjob.stages`` is the resumable-stage bookkeeping, ``diffjob.demo`` the stages themselves,

@@ -108,7 +108,8 @@ def test_export_round_trip_and_trained_model_vocodes_better(trained, model_dir):
 def test_schedule_search_beats_the_naive_schedule(model_dir):
     vocoder = Vocoder.from_pretrained(model_dir)
     audio = torch.from_numpy(speechlike(0.3, 120, 0))
-    res = search_schedule(vocoder, [audio], 4, rounds=1, firsts=(1e-5, 1e-3), lasts=(0.5, 0.9), log_steps=(0.5, 0.2))
+    res = search_schedule(vocoder, [audio], 4, rounds=2, firsts=(1e-5, 1e-3), lasts=(0.5, 0.9),
+                          log_steps=(0.5, 0.2, 0.1, 0.05))
     b = torch.tensor(res.betas, dtype=torch.float64)
     alpha_min = float(vocoder.schedule.alpha(1.0))
     assert b.numel() == 4 and is_valid(b, alpha_min, 0.5) and torch.all(b[1:] > b[:-1])

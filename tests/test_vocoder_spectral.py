@@ -68,8 +68,8 @@ def test_colored_noise_has_the_mel_of_its_signal():
 def test_make_prior_knows_the_spectral_prior():
     config = MelConfig()
     prior = make_prior("spectral", config)
-    assert isinstance(prior, SpectralPrior) and prior.config() == {"kind": "spectral", "h_min": 0.01, "gain": 2.0}
-    assert make_prior({"kind": "spectral", "h_min": 0.001, "gain": 1.5}, config).config()["h_min"] == 0.001
+    assert isinstance(prior, SpectralPrior) and prior.config() == {"kind": "spectral", "h_min": 0.001, "gain": 2.0}
+    assert make_prior({"kind": "spectral", "h_min": 0.01, "gain": 1.5}, config).config()["h_min"] == 0.01
     with pytest.raises(ValueError, match="h_min"):
         SpectralPrior(config, h_min=0.0)
 

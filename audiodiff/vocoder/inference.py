@@ -102,7 +102,7 @@ class SpectralPrior(nn.Module):
     the speech instead of white. (SpecGrad's cepstral smoothing and minimum phase are left out.)
     """
 
-    def __init__(self, mel_config: MelConfig, h_min: float = 0.01, gain: float = 2.0):
+    def __init__(self, mel_config: MelConfig, h_min: float = 0.001, gain: float = 2.0):
         super().__init__()
         if not 0 < h_min <= 1 or gain <= 0:
             raise ValueError(f"need 0 < h_min <= 1 and gain > 0, got h_min {h_min}, gain {gain}")

@@ -61,14 +61,14 @@ def test_colored_noise_has_the_mel_of_its_signal():
     assert std is None
     z = torch.randn(audio.shape, generator=torch.Generator().manual_seed(3))
     shaped, white = ((mel_fn(n) - mel).abs()[..., 4:-4].mean() for n in (color(z), z))
-    assert shaped < 0.7 and 4 * shaped < white  # white noise misses the envelope (3.3 nats); the shaped noise follows it
+    assert shaped < 0.7 and 4 * shaped < white  # white noise misses the envelope (3.3 nats); shaped noise follows it
     torch.testing.assert_close(color(whiten(audio)), audio, atol=0.02, rtol=0)  # L L^-1 close to the identity
 
 
 def test_make_prior_knows_the_spectral_prior():
     config = MelConfig()
     prior = make_prior("spectral", config)
-    assert isinstance(prior, SpectralPrior) and prior.config() == {"kind": "spectral", "h_min": 0.001, "gain": 2.0}
+    assert isinstance(prior, SpectralPrior) and prior.config() == {"kind": "spectral", "h_min": 0.001, "gain": 1.0}
     assert make_prior({"kind": "spectral", "h_min": 0.01, "gain": 1.5}, config).config()["h_min"] == 0.01
     with pytest.raises(ValueError, match="h_min"):
         SpectralPrior(config, h_min=0.0)

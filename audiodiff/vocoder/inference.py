@@ -94,15 +94,17 @@ class SpectralPrior(nn.Module):
     L x = iSTFT(H * STFT(x)) with the mel front end's window, FFT size and hop (STFT centred, so the
     identity filter gives x back exactly) and zero-phase gains H (B, n_freq, F + 1): each band's mean
     linear magnitude (its mel value over its filter's area) spread over its bins through the filters,
-    relative to white noise of unit variance, times ``gain``, clamped to [h_min, 1]. Quiet bins and
-    frames get little noise (down to h_min), loud ones the standard prior; as in PriorGrad the net
-    predicts the white noise and sampling runs on whitened y = L^-1 x (L^-1: the same filter with
-    1 / H, an approximate inverse: zero-phase gains on windowed frames, about 5% relative error on speech). Unlike PriorGrad's
-    per-frame std, the spectral tilt of speech is in the prior too, so residual noise is shaped like
-    the speech instead of white. (SpecGrad's cepstral smoothing and minimum phase are left out.)
+    relative to white noise of unit variance, times ``gain``, clamped to [h_min, 1]. With gain 1 the
+    prior noise has the level of the signal in each bin (gain 2 measured worse at the demo's budget);
+    quiet bins and frames get little noise (down to h_min), loud ones the standard prior. As in
+    PriorGrad the net predicts the white noise and sampling runs on whitened y = L^-1 x (L^-1: the same
+    filter with 1 / H, an approximate inverse: zero-phase gains on windowed frames, about 5% relative
+    error on speech). Unlike PriorGrad's per-frame std, the spectral tilt of speech is in the prior
+    too, so residual noise is shaped like the speech instead of white. (SpecGrad's cepstral smoothing
+    and minimum phase are left out.)
     """
 
-    def __init__(self, mel_config: MelConfig, h_min: float = 0.001, gain: float = 2.0):
+    def __init__(self, mel_config: MelConfig, h_min: float = 0.001, gain: float = 1.0):
         super().__init__()
         if not 0 < h_min <= 1 or gain <= 0:
             raise ValueError(f"need 0 < h_min <= 1 and gain > 0, got h_min {h_min}, gain {gain}")

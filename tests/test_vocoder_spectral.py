@@ -68,7 +68,8 @@ def test_colored_noise_has_the_mel_of_its_signal():
 def test_make_prior_knows_the_spectral_prior():
     config = MelConfig()
     prior = make_prior("spectral", config)
-    assert isinstance(prior, SpectralPrior) and prior.config() == {"kind": "spectral", "h_min": 0.001, "gain": 1.0}
+    assert isinstance(prior, SpectralPrior) and prior.config() == {"kind": "spectral", "h_min": 0.001, "gain": 1.0,
+                                                                   "y_clip": 20.0}
     assert make_prior({"kind": "spectral", "h_min": 0.01, "gain": 1.5}, config).config()["h_min"] == 0.01
     with pytest.raises(ValueError, match="h_min"):
         SpectralPrior(config, h_min=0.0)
@@ -128,5 +129,5 @@ def test_spectral_training_loss_is_the_whitened_noise_l1_and_is_saved(tmp_path):
     vocoder = module.vocoder()
     vocoder.save_pretrained(tmp_path / "m")
     saved = json.loads((tmp_path / "m" / "vocoder.json").read_text())["prior"]
-    assert saved == {"kind": "spectral", "h_min": 0.001, "gain": 2.0}
+    assert saved == {"kind": "spectral", "h_min": 0.001, "gain": 2.0, "y_clip": 20.0}
     assert isinstance(Vocoder.from_pretrained(tmp_path / "m").prior, SpectralPrior)

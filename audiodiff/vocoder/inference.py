@@ -251,8 +251,9 @@ class Vocoder(nn.Module):
         prediction: what the net predicts ("eps" for WaveGrad).
         clip: x0 estimates are clamped to this range in sampling (waveforms lie in [-1, 1]); None: no clip.
         eta: 1 for DDPM ancestral sampling (WaveGrad), 0 for deterministic DDIM.
-        prior: "standard" (N(0, I)) or "priorgrad" (``PriorGradStd``: the initial noise and every step's
-            noise scaled by a std from the mel; the sampler runs on x / std), or a saved prior config.
+        prior: "standard" (N(0, I)), "priorgrad" (``PriorGradStd``: the initial noise and every step's
+            noise scaled by a std from the mel; the sampler runs on x / std), "spectral" (``SpectralPrior``:
+            the noise filtered to the mel's envelope; the sampler runs on L^-1 x), or a saved prior config.
     """
 
     def __init__(self, net: WaveGradNet, train_schedule: Schedule | None = None, mel_config: MelConfig | None = None,

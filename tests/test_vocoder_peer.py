@@ -89,7 +89,7 @@ def test_priorgrad_std_follows_the_frame_loudness():
     assert torch.equal(std[:256], std[255:256].expand(256))  # held over the frame's hop samples
     assert make_prior("standard", config) is None and make_prior(prior.config(), config).rms_ref == 0.5
     with pytest.raises(ValueError, match="unknown prior"):
-        make_prior("specgrad", config)
+        make_prior("specgrad", config)  # the shaped prior is called "spectral"
 
 
 class _Oracle(torch.nn.Module):

@@ -63,7 +63,10 @@ class VocoderModule(DiffusionModule):
         sample_steps: refinement steps for that sample. sample_seconds: at most this much of the utterance.
         prior: "standard" (N(0, I), WaveGrad) or "priorgrad" (PriorGrad's data-dependent prior, a per-sample
             std from the mel's frame energy, ``PriorGradStd``): the noise is scaled by the std and the loss
-            is taken on the whitened noise, i.e. weighted by Sigma^-1. Saved with the model.
+            is taken on the whitened noise, i.e. weighted by Sigma^-1; or "spectral" (``SpectralPrior``: noise
+            filtered to the mel's spectral envelope, SpecGrad-like), trained and sampled the same way in
+            whitened coordinates. A dict sets the prior's arguments ({"kind": "spectral", "h_min": 0.01}).
+            Saved with the model.
         training: the optimizer, LR schedule and EMA settings, passed to ``DiffusionModule`` (see its arguments).
     """
 
@@ -121,10 +124,10 @@ class VocoderModule(DiffusionModule):
         noise = None if gen is None else torch.randn(audio.shape, generator=gen).to(audio)
         net, x0 = self.net, audio
         if self.prior is not None:
-            # PriorGrad: x_t = alpha x0 + sigma std eps, i.e. standard diffusion of x0 / std seen through
-            # net(y * std); the loss on eps is the Sigma^-1-weighted loss on the scaled noise std * eps
-            std = self.prior.to(mel.device)(mel).to(audio.dtype)
-            net, x0 = (lambda y, c, mel: self.net(y * std, c, mel=mel)), audio / std
+            # PriorGrad / spectral: x_t = alpha x0 + sigma L eps, i.e. standard diffusion of y0 = L^-1 x0 seen
+            # through net(L y); the loss on eps is the Sigma^-1-weighted loss on the shaped noise L eps
+            color, whiten, _ = self.prior.to(mel.device).operators(mel)
+            net, x0 = (lambda y, c, mel: self.net(color(y), c, mel=mel)), whiten(audio)
         return dsm_loss(net, x0, self.schedule, prediction=self.prediction, norm=self.loss_norm, t=t,
                         noise=noise, noise_input_kind="alpha", mel=mel)
 

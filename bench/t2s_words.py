@@ -13,8 +13,9 @@ the pipeline (EMA weights) and measures three quick figures on held-out test cap
 * ``paired``: the paired one-word test (``evaluate.paired_word_test``) on ``--pairs`` pairs.
 * ``adherence``: per-attribute accuracy of ``--n`` generated clips (``evaluate.score_clips``).
 
-Generation: 25 DPM-Solver++ steps, guidance 3, Griffin-Lim audio (as the demo's evaluation when the tiny
-vocoder measured worse). Use one thread on a shared machine (``--threads 1``); compare variants at equal steps.
+Generation: 25 DPM-Solver++ steps (``--sample-steps``), guidance 3, Griffin-Lim audio (as the demo's evaluation
+when the tiny vocoder measured worse). Use one thread on a shared machine (``--threads 1``); compare variants
+at equal steps.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def swap_dloss(pipe: Any, pairs: list[dict[str, Any]], clips: Any, seconds: floa
     return (losses["other"] - losses["own"]) / losses["own"]
 
 
-def probe(model: str, data: str, n: int, pairs: int, seed: int = 0) -> dict[str, Any]:
+def probe(model: str, data: str, n: int, pairs: int, seed: int = 0, steps: int = 25) -> dict[str, Any]:
     from audiodiff.data.loaders import AudioClips
     from audiodiff.t2s import AudioPipeline
     from audiodiff.t2s.evaluate import generate_for, held_out_rows, paired_word_test, pitch_pairs, score_clips
@@ -105,9 +106,9 @@ def probe(model: str, data: str, n: int, pairs: int, seed: int = 0) -> dict[str,
     pp = pitch_pairs(held_out_rows(test, seed=seed), pairs)
     t0 = time.perf_counter()
     out: dict[str, Any] = {"model": model, "swap_dloss": swap_dloss(pipe, pp, test)}
-    out["paired"] = paired_word_test(pipe, pp, steps=25, guidance=3.0, seed=seed)
+    out["paired"] = paired_word_test(pipe, pp, steps=steps, guidance=3.0, seed=seed)
     rows = held_out_rows(test, n=n, seed=seed)
-    waves = generate_for(pipe, rows, steps=25, guidance=3.0, seed=seed)
+    waves = generate_for(pipe, rows, steps=steps, guidance=3.0, seed=seed)
     out["adherence"] = score_clips(waves, rows, pipe.sample_rate)
     out["probe_seconds"] = time.perf_counter() - t0
     return out
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=32, help="held-out captions for the adherence figure")
     p.add_argument("--pairs", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--sample-steps", type=int, default=25, help="sampler steps of the probe's generations")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -137,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, model in targets:
         if model is None:
             model = str(train_variant(name, args.vae, out, args.steps, args.data, out / "cache"))
-        r = probe(model, args.data, args.n, args.pairs)
-        r["variant"], r["steps"] = name, args.steps if not args.probe else None
+        r = probe(model, args.data, args.n, args.pairs, steps=args.sample_steps)
+        r["variant"], r["steps"], r["sample_steps"] = name, args.steps if not args.probe else None, args.sample_steps
         ts = out / name / "train_seconds.txt"
         r["train_seconds"] = float(ts.read_text()) if ts.is_file() else None
         with open(out / "results.jsonl", "a") as f:

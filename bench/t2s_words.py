@@ -42,6 +42,8 @@ VARIANTS: dict[str, dict[str, Any]] = {  # net init_args (and module settings) c
     "ids+proj": {"net": {"token_vocab_size": 30522, "token_dim": 32, "text_width": 96, "text_layers": 1}, **TOKEN_IDS},
     "both_levels": {"net": {"attention_levels": [0, 1]}},
     "ids+both": {"net": {"token_vocab_size": 30522, "token_dim": 32, "attention_levels": [0, 1]}, **TOKEN_IDS},
+    "coord": {"net": {"band_coordinate": True}},
+    "ids+coord": {"net": {"token_vocab_size": 30522, "token_dim": 32, "band_coordinate": True}, **TOKEN_IDS},
     "ids_drop05": {"net": {"token_vocab_size": 30522, "token_dim": 32}, "caption_dropout": 0.05, **TOKEN_IDS},
 }
 

@@ -465,3 +465,37 @@ def test_trained_denoiser_follows_a_word_its_frozen_states_do_not_show():
             cond = {"text": captions[i].expand(8, -1, -1), "text_mask": mask[:8]}
             means = sample_ddim(cfg(D, 3.0, null), x_T, timesteps.uniform(20), sched, cond=cond).mean((1, 2, 3))
             assert torch.all(means * target[i] > 0.4), (i, means)
+
+
+def test_band_coordinate_is_one_more_input_channel(tmp_path):
+    """With ``band_coordinate`` the first conv sees the band's place in [-1, 1] as a last input channel: with
+    that channel's weights at zero the net equals the same net without it; otherwise the output changes, and
+    it survives save / load."""
+    kw = dict(in_channels=3, channels=(8, 16), attention_levels=(1,), heads=2, emb_dim=16, groups=4, text_dim=12)
+    torch.manual_seed(0)
+    net = perturbed(UNetDenoiser(**kw, band_coordinate=True))
+    plain = UNetDenoiser(**kw)
+    state = {k: (v[:, :3] if k == "conv_in.weight" else v) for k, v in net.state_dict().items()}
+    plain.load_state_dict(state)
+    plain = plain.eval()
+    z, c = torch.randn(2, 3, 20, 8), torch.tensor([0.2, 0.7])
+    text, mask = caption_inputs("states", 2)
+    with torch.no_grad():
+        out = net(z, c, text=text, text_mask=mask)
+        assert (out - plain(z, c, text=text, text_mask=mask)).abs().max() > 1e-3
+        w = net.conv_in.weight[:, 3].clone()
+        net.conv_in.weight[:, 3] = 0
+        torch.testing.assert_close(net(z, c, text=text, text_mask=mask), plain(z, c, text=text, text_mask=mask))
+        net.conv_in.weight[:, 3] = w
+        net.save_pretrained(tmp_path / "n")
+        assert torch.equal(CaptionDenoiser.from_pretrained(tmp_path / "n")(z, c, text=text, text_mask=mask), out)
+    # the coordinate is linear in the band index: a ramp from -1 to 1 seen through conv_in alone
+    probe = UNetDenoiser(**kw, band_coordinate=True)
+    with torch.no_grad():
+        probe.conv_in.weight.zero_()
+        probe.conv_in.bias.zero_()
+        probe.conv_in.weight[0, 3, 1, 1] = 1.0
+        seen = []
+        probe.conv_in.register_forward_hook(lambda m, i, o: seen.append(o[0, 0, :, 0].clone()))
+        probe(torch.zeros(1, 3, 20, 8), torch.tensor([0.5]), text=text[:1], text_mask=mask[:1])
+    torch.testing.assert_close(seen[0], torch.linspace(-1, 1, 20))

@@ -247,6 +247,9 @@ class UNetDenoiser(CaptionDenoiser):
             embedding (see the module doc).
         token_vocab_size, token_dim, text_width, text_layers: a trainable ``CaptionAdapter`` over the frozen
             states (token-id embedding, projection, transformer layers); all unset: the states as they are.
+        band_coordinate: give the net each latent band's place (-1 lowest .. 1 highest) as one more input
+            channel. Convolutions are translation-equivariant along frequency, so without it a word like
+            "high" can only find the upper bands through the zero padding at the edges.
     """
 
     def __init__(self, in_channels: int = 8, channels: Sequence[int] = (64, 128), num_res_blocks: int = 1,
@@ -254,10 +257,11 @@ class UNetDenoiser(CaptionDenoiser):
                  emb_dim: int = 256, text_dim: int | None = 384, text_vocab_size: int | None = None,
                  text_encoder_dim: int = 128, text_encoder_depth: int = 2, dropout: float = 0.0, groups: int = 8,
                  pooled_text: bool = False, token_vocab_size: int | None = None, token_dim: int = 32,
-                 text_width: int | None = None, text_layers: int = 0):
+                 text_width: int | None = None, text_layers: int = 0, band_coordinate: bool = False):
         super().__init__()
         self.config = capture_config(locals())
         self.config.update(channels=list(channels), attention_levels=list(attention_levels))
+        self.band_coordinate = band_coordinate
         ctx = self._init_conditioning(emb_dim, text_dim, text_vocab_size, text_encoder_dim, text_encoder_depth,
                                       pooled_text, token_vocab_size, token_dim, text_width, text_layers, heads)
         self.in_channels, self.levels = in_channels, len(channels)
@@ -268,7 +272,7 @@ class UNetDenoiser(CaptionDenoiser):
                 layers.append(AttentionBlock(cout, heads, ctx, self_attn))
             return nn.ModuleList(layers)
 
-        self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels + int(band_coordinate), channels[0], 3, padding=1)
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
         c, skips = channels[0], [channels[0]]
         for i, ch in enumerate(channels):
@@ -314,6 +318,9 @@ class UNetDenoiser(CaptionDenoiser):
         m = 2 ** (self.levels - 1)
         ph, pw = (-h) % m, (-w) % m
         fm = F.pad(frame_mask.bool(), (0, pw), value=False) if frame_mask is not None else None
+        if self.band_coordinate:  # the band's place, -1 (lowest) .. 1 (highest), as one more input channel
+            band = torch.linspace(-1.0, 1.0, h, device=z_t.device, dtype=z_t.dtype)
+            z_t = torch.cat([z_t, band[None, None, :, None].expand(b, 1, h, w)], 1)
         x = self.conv_in(F.pad(z_t, (0, pw, 0, ph)))
         hs = [x]
         for layers in self.down:

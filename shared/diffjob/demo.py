@@ -71,7 +71,7 @@ class Profile:
 PROFILES = {
     "full": Profile("full", "small", vocoder_steps=400, vae_steps=300, ldm_steps=1000, lm_steps=2000, lm_batch_size=12,
                     search_utterances=3, eval_utterances=8, eval_seconds=3.0, vocoder_eval_steps=(6, 50),
-                    t2s_captions=96, t2s_pairs=32, t2s_steps=25, classifier_epochs=3, text_windows=512, text_samples=16,
+                    t2s_captions=96, t2s_pairs=32, t2s_steps=25, classifier_epochs=1, text_windows=512, text_samples=16,
                     text_sample_steps=(8, 32, 128), val_batches=4),
     "smoke": Profile("smoke", "tiny", vocoder_steps=12, vae_steps=12, ldm_steps=12, lm_steps=12, lm_batch_size=4,
                      search_utterances=1, eval_utterances=2, eval_seconds=1.0, vocoder_eval_steps=(6, 50),

@@ -144,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"latent-model training step (256-frame segments, MiniLM captions, torch threads "
               f"{torch.get_num_threads()}):")
         base = r["old recipe, from audio"]
-        for name in ("old recipe, from audio", "old recipe, cached latents", "previous recipe, cached latents",
-                     "current recipe, cached latents"):
+        for name in ("old recipe, from audio", "old recipe, cached latents", "current recipe, cached latents"):
             print(f"  {name:<32} {r[name]:.3f} s/step ({r[name] / base:.2f}x), {r[name + ' per item']:.4f} s/item")
         if args.json:
             Path(args.json).write_text(json.dumps({"train_step_s": r, "args": vars(args)}, indent=2) + "\n")

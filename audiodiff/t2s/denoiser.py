@@ -81,9 +81,13 @@ class CaptionDenoiser(nn.Module, PretrainedMixin):
     in_channels: int
 
     def _init_conditioning(self, emb_dim: int, text_dim: int | None, text_vocab_size: int | None,
-                           text_encoder_dim: int, text_encoder_depth: int, pooled_text: bool = False) -> int:
+                           text_encoder_dim: int, text_encoder_depth: int, pooled_text: bool = False,
+                           token_vocab_size: int | None = None, token_dim: int = 32, text_width: int | None = None,
+                           text_layers: int = 0, heads: int = 4) -> int:
         self.time_embed = NoiseLevelEmbedding(emb_dim)
         self.text_dim = None if text_vocab_size is not None else text_dim
+        self.token_vocab_size = token_vocab_size if text_vocab_size is None else None
+        self.caption_adapter: CaptionAdapter | None = None
         if text_vocab_size is not None:
             self.caption_encoder = CaptionTransformer(text_vocab_size, text_encoder_dim, text_encoder_depth)
             ctx = text_encoder_dim
@@ -92,6 +96,10 @@ class CaptionDenoiser(nn.Module, PretrainedMixin):
                              "(token ids, with a caption encoder trained in the net)")
         else:
             self.caption_encoder, ctx = None, text_dim
+            if token_vocab_size or text_width or text_layers:
+                self.caption_adapter = CaptionAdapter(text_dim, token_vocab_size, token_dim, text_width, text_layers,
+                                                      heads)
+                ctx = self.caption_adapter.dim
         self.text_pool = nn.Linear(ctx, emb_dim) if pooled_text else None
         if self.text_pool is not None:  # starts as the net without it
             nn.init.zeros_(self.text_pool.weight)
@@ -119,9 +127,52 @@ class CaptionDenoiser(nn.Module, PretrainedMixin):
             if text.is_floating_point():
                 raise TypeError("this net encodes captions itself: pass token ids (B, L) as text")
             return self.caption_encoder(text, text_mask), text_mask.bool()
-        if not text.is_floating_point() or text.ndim != 3:
-            raise TypeError(f"expected caption states (B, L, text_dim), got {tuple(text.shape)} {text.dtype}")
+        width = self.text_dim + (1 if self.token_vocab_size else 0)
+        if not text.is_floating_point() or text.ndim != 3 or text.shape[-1] != width:
+            last = " (the token id last)" if width > self.text_dim else ""
+            raise TypeError(f"expected caption states (B, L, {width}){last}, got {tuple(text.shape)} {text.dtype}")
+        if self.caption_adapter is not None:
+            text = self.caption_adapter(text, text_mask.bool())
         return text, text_mask.bool()
+
+
+class CaptionAdapter(nn.Module):
+    """Trainable layers between a frozen encoder's token states and the denoiser's attention.
+
+    * ``token_vocab_size``: the states come with each token's id in one extra last column (a
+      ``PretrainedTextEncoder(token_ids=True)``); a trainable ``token_dim``-wide embedding of the id is
+      concatenated to the states. A frozen encoder's last-layer states of two captions that differ in one word
+      stay close (cosine ~0.99 for MiniLM); the id embedding gives the word's identity directly.
+    * ``width``: a linear projection to this width; ``layers``: pre-norm transformer layers over the tokens
+      (padding masked), so the word's context is learned too.
+
+    (B, L, text_dim [+ 1]) states, (B, L) mask -> (B, L, dim) with ``dim`` = width or text_dim [+ token_dim].
+    """
+
+    def __init__(self, text_dim: int, token_vocab_size: int | None = None, token_dim: int = 32,
+                 width: int | None = None, layers: int = 0, heads: int = 4):
+        super().__init__()
+        self.embed = nn.Embedding(token_vocab_size, token_dim) if token_vocab_size else None
+        if self.embed is not None:
+            nn.init.normal_(self.embed.weight, std=1.0)  # the scale of the LayerNorm-ed MiniLM states
+        dim = text_dim + (token_dim if self.embed is not None else 0)
+        self.proj = nn.Linear(dim, width) if width else None
+        self.dim = width or dim
+        if layers and self.dim % heads:
+            raise ValueError(f"caption width {self.dim} is not divisible by heads {heads}")
+        layer = nn.TransformerEncoderLayer(self.dim, heads, 2 * self.dim, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False) if layers else None
+
+    def forward(self, text: Tensor, mask: Tensor) -> Tensor:
+        if self.embed is not None:
+            ids = text[..., -1].round().long().clamp(0, self.embed.num_embeddings - 1)
+            text = torch.cat([text[..., :-1], self.embed(ids).to(text.dtype)], -1)
+        if self.proj is not None:
+            text = self.proj(text)
+        if self.layers is not None:
+            text = self.layers(text, src_key_padding_mask=~mask)
+        return text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,18 +245,25 @@ class UNetDenoiser(CaptionDenoiser):
             ignored).
         dropout: in the residual blocks. pooled_text: add the projected mean caption state to the noise-level
             embedding (see the module doc).
+        token_vocab_size, token_dim, text_width, text_layers: a trainable ``CaptionAdapter`` over the frozen
+            states (token-id embedding, projection, transformer layers); all unset: the states as they are.
+        band_coordinate: give the net each latent band's place (-1 lowest .. 1 highest) as one more input
+            channel. Convolutions are translation-equivariant along frequency, so without it a word like
+            "high" can only find the upper bands through the zero padding at the edges.
     """
 
     def __init__(self, in_channels: int = 8, channels: Sequence[int] = (64, 128), num_res_blocks: int = 1,
                  attention_levels: Sequence[int] = (0, 1), self_attention: bool = True, heads: int = 4,
                  emb_dim: int = 256, text_dim: int | None = 384, text_vocab_size: int | None = None,
                  text_encoder_dim: int = 128, text_encoder_depth: int = 2, dropout: float = 0.0, groups: int = 8,
-                 pooled_text: bool = False):
+                 pooled_text: bool = False, token_vocab_size: int | None = None, token_dim: int = 32,
+                 text_width: int | None = None, text_layers: int = 0, band_coordinate: bool = False):
         super().__init__()
         self.config = capture_config(locals())
         self.config.update(channels=list(channels), attention_levels=list(attention_levels))
+        self.band_coordinate = band_coordinate
         ctx = self._init_conditioning(emb_dim, text_dim, text_vocab_size, text_encoder_dim, text_encoder_depth,
-                                      pooled_text)
+                                      pooled_text, token_vocab_size, token_dim, text_width, text_layers, heads)
         self.in_channels, self.levels = in_channels, len(channels)
 
         def stage(cin: int, cout: int, level: int, self_attn: bool) -> nn.ModuleList:
@@ -214,7 +272,7 @@ class UNetDenoiser(CaptionDenoiser):
                 layers.append(AttentionBlock(cout, heads, ctx, self_attn))
             return nn.ModuleList(layers)
 
-        self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels + int(band_coordinate), channels[0], 3, padding=1)
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
         c, skips = channels[0], [channels[0]]
         for i, ch in enumerate(channels):
@@ -260,6 +318,9 @@ class UNetDenoiser(CaptionDenoiser):
         m = 2 ** (self.levels - 1)
         ph, pw = (-h) % m, (-w) % m
         fm = F.pad(frame_mask.bool(), (0, pw), value=False) if frame_mask is not None else None
+        if self.band_coordinate:  # the band's place, -1 (lowest) .. 1 (highest), as one more input channel
+            band = torch.linspace(-1.0, 1.0, h, device=z_t.device, dtype=z_t.dtype)
+            z_t = torch.cat([z_t, band[None, None, :, None].expand(b, 1, h, w)], 1)
         x = self.conv_in(F.pad(z_t, (0, pw, 0, ph)))
         hs = [x]
         for layers in self.down:
@@ -314,7 +375,8 @@ class DiTDenoiser(CaptionDenoiser):
     Args:
         in_channels: latent channels. latent_height: latent bands H (n_mels / VAE factor; fixed).
         patch: (bands, frames) per patch. dim, depth, heads: transformer size. emb_dim: noise embedding.
-        text_dim / text_vocab_size / text_encoder_dim / text_encoder_depth / pooled_text: as for ``UNetDenoiser``.
+        text_dim / text_vocab_size / text_encoder_dim / text_encoder_depth / pooled_text / token_vocab_size /
+            token_dim / text_width / text_layers: as for ``UNetDenoiser``.
 
     Positions: a learned embedding per band row, a sinusoid of the frame index along time (so any number
     of frames works).
@@ -323,12 +385,13 @@ class DiTDenoiser(CaptionDenoiser):
     def __init__(self, in_channels: int = 8, latent_height: int = 20, patch: Sequence[int] = (2, 2), dim: int = 256,
                  depth: int = 6, heads: int = 4, emb_dim: int = 256, text_dim: int | None = 384,
                  text_vocab_size: int | None = None, text_encoder_dim: int = 128, text_encoder_depth: int = 2,
-                 pooled_text: bool = False):
+                 pooled_text: bool = False, token_vocab_size: int | None = None, token_dim: int = 32,
+                 text_width: int | None = None, text_layers: int = 0):
         super().__init__()
         self.config = capture_config(locals())
         self.config["patch"] = list(patch)
         ctx = self._init_conditioning(emb_dim, text_dim, text_vocab_size, text_encoder_dim, text_encoder_depth,
-                                      pooled_text)
+                                      pooled_text, token_vocab_size, token_dim, text_width, text_layers, heads)
         self.in_channels, self.patch, self.dim = in_channels, (int(patch[0]), int(patch[1])), dim
         ph, pw = self.patch
         self.rows = -(-latent_height // ph)

@@ -98,14 +98,16 @@ def measure_labels(wave: np.ndarray, sample_rate: int, kind: str, instrument: st
 
 def score_clips(waves: Sequence[np.ndarray], rows: Sequence[dict[str, Any]], sample_rate: int,
                 caption_rows: Sequence[dict[str, Any]] | None = None,
-                details: dict[str, Any] | None = None) -> dict[str, Any]:
+                details: dict[str, Any] | None = None,
+                cache: dict[tuple[int, str], dict] | None = None) -> dict[str, Any]:
     """Accuracy of ``waves`` against the labels of ``caption_rows`` (default ``rows``: each clip's own).
 
     Returns per-attribute accuracy (over the clips that have the attribute), ``all_correct`` (every attribute
-    of a clip right) and ``n``; by kind too.
+    of a clip right) and ``n``; by kind too. ``cache``: the measurements of these ``waves`` by (position, kind),
+    filled here; pass the same dict to score the same waves against other captions without measuring again.
     """
     caption_rows = rows if caption_rows is None else caption_rows
-    cache: dict[tuple[int, str], dict] = {}
+    cache = {} if cache is None else cache
     hits: dict[str, list[bool]] = {}
     pairs: dict[str, list[tuple[str, str]]] = {}  # attribute -> (target, measured) labels
     by_kind: dict[str, list[bool]] = {}
@@ -168,10 +170,12 @@ def adherence_report(generated: Sequence[np.ndarray], real: Sequence[np.ndarray]
     95% Wilson intervals and expected chance. Per attribute also the verdicts: ``beats_chance`` (the
     generated interval's lower end above the expected chance) and ``of_ceiling`` (generated / ceiling)."""
     stats: dict[str, dict[str, Any]] = {"generated": {}, "ceiling": {}}
-    gen = score_clips(generated, rows, sample_rate, details=stats["generated"])
+    measured: dict[tuple[int, str], dict] = {}  # the generated clips, measured once for both scorings
+    gen = score_clips(generated, rows, sample_rate, details=stats["generated"], cache=measured)
     ceiling = score_clips(real, rows, sample_rate, details=stats["ceiling"])
     out: dict[str, Any] = {"generated": gen, "ceiling": ceiling,
-                           "chance": score_clips(generated, rows, sample_rate, shuffled_within_kind(rows, seed))}
+                           "chance": score_clips(generated, rows, sample_rate, shuffled_within_kind(rows, seed),
+                                                 cache=measured)}
     if real_without_vae is not None:
         out["ceiling_without_vae"] = score_clips(real_without_vae, rows, sample_rate)
     g = stats["generated"]
@@ -460,6 +464,7 @@ def run_evaluation(model: str, data: str, *, out: str | Path = "runs/t2s-eval", 
                    sweep_scales: Sequence[float] | None = None, sweep_steps: Sequence[int] | None = None,
                    device: str = "cpu", vocoder: str | None = None, kinds: Sequence[str] = ("procedural", "midi"),
                    classifier_epochs: int = 8, seconds: float = CLIP_SECONDS, pairs: int = 32,
+                   without_vae: bool = True, batch_size: int = 8,
                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The whole evaluation (see the module doc); writes ``eval.json`` and the first generated clips to ``out``.
 
@@ -467,12 +472,24 @@ def run_evaluation(model: str, data: str, *, out: str | Path = "runs/t2s-eval", 
     ``pairs``: caption pairs of the paired pitch-word test (0: skip it).
     ``seconds``: length of the generated clips and of the real ones' excerpts (the sounds set's procedural
     and MIDI clips are 3 s long; shorter only to test the code path quickly).
+    ``without_vae``: also score the real clips through the audio path without the VAE (``ceiling_without_vae``,
+    one more rendering of every clip; the ceiling the targets use is the one through the VAE).
+    ``batch_size``: clips generated (and rendered) at once.
+    ``eval.json`` records the seconds each part took (``timings``).
     """
     from ..audio import write_wav
     from ..data.loaders import AudioClips
     from .inference import AudioPipeline
 
     say = progress or (lambda s: None)
+    timings: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        timings[name] = round(timings.get(name, 0.0) + now - clock[0], 2)
+        clock[0] = now
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = AudioPipeline.from_pretrained(model, device, vocoder=vocoder)
@@ -489,13 +506,20 @@ def run_evaluation(model: str, data: str, *, out: str | Path = "runs/t2s-eval", 
         z, _ = pipe.vae.encode_latents(mel)
         vae_l1 = float((pipe.vae.decode_latents(z, mel.shape[-1]) - mel).abs().mean())
     say(f"VAE reconstruction log-mel L1 on them: {vae_l1:.3f}")
+    lap("load")
 
     t0 = time.perf_counter()
-    generated = generate_for(pipe, rows, steps=steps, guidance=guidance, seed=seed, seconds=seconds)
+    generated = generate_for(pipe, rows, steps=steps, guidance=guidance, seed=seed, seconds=seconds,
+                             batch_size=batch_size)
     gen_seconds = (time.perf_counter() - t0) / len(rows)
-    ceiling_waves = resynthesize(pipe, real, seconds, seed=seed)
-    report = adherence_report(generated, ceiling_waves, rows, pipe.sample_rate, seed,
-                              real_without_vae=resynthesize(pipe, real, seconds, seed=seed, through_vae=False))
+    lap("generate")
+    ceiling_waves = resynthesize(pipe, real, seconds, seed=seed, batch_size=batch_size)
+    lap("ceiling")
+    plain = resynthesize(pipe, real, seconds, seed=seed, through_vae=False, batch_size=batch_size) \
+        if without_vae else None
+    lap("ceiling_without_vae")
+    report = adherence_report(generated, ceiling_waves, rows, pipe.sample_rate, seed, real_without_vae=plain)
+    lap("score")
     for i, w in enumerate(generated[:8]):
         write_wav(out / f"gen_{i:02d}.wav", np.clip(w, -1, 1), pipe.sample_rate)
     (out / "captions.txt").write_text("\n".join(r["caption"] for r in rows[:8]) + "\n")
@@ -505,11 +529,13 @@ def run_evaluation(model: str, data: str, *, out: str | Path = "runs/t2s-eval", 
     paired = None
     if pairs:
         pp = pitch_pairs(held_out_rows(test, kinds, None, seed), pairs)
-        paired = paired_word_test(pipe, pp, steps=steps, guidance=guidance, seed=seed, seconds=seconds)
+        paired = paired_word_test(pipe, pp, steps=steps, guidance=guidance, seed=seed, seconds=seconds,
+                                  batch_size=batch_size)
         say("paired pitch-word test: " + ", ".join(
             f"{k} {v['right_way']:.2f} [{v['interval'][0]:.2f}, {v['interval'][1]:.2f}] of {v['n']} pairs"
             for k, v in paired.items()))
 
+    lap("paired")
     cls_dir = Path(classifier) if classifier else out / "classifier"
     if (cls_dir / "config.json").is_file():
         cls_net = AudioClassifierNet.from_pretrained(cls_dir)
@@ -518,6 +544,7 @@ def run_evaluation(model: str, data: str, *, out: str | Path = "runs/t2s-eval", 
     else:
         say(f"training the in-domain classifier on {data} ({classifier_epochs} epochs)")
         cls_net, cls_metrics = train_classifier(data, cls_dir, epochs=classifier_epochs, seed=seed, progress=say)
+    lap("classifier")
     real_feat = classifier_features(cls_net, real)
     floor_feat = classifier_features(cls_net, [test[r["index"]]["audio"].numpy()[: round(seconds * pipe.sample_rate)]
                                                for r in floor_rows])
@@ -529,13 +556,15 @@ def run_evaluation(model: str, data: str, *, out: str | Path = "runs/t2s-eval", 
           "features": f"in-domain classifier ({cls_net.config['channels'][-1]}-d pooled conv features)"}
     say(f"Frechet distance (in-domain features): generated {fd['generated_vs_real']:.2f}, resynthesized real "
         f"{fd['resynthesized_real_vs_real']:.2f}, real-vs-real floor {fd['real_vs_real_floor']:.2f}")
+    lap("frechet")
 
     result: dict[str, Any] = {"model": str(model), "data": str(data), "n": len(rows), "seed": seed, "seconds": seconds,
                               "steps": steps or pipe.steps, "guidance": guidance if guidance is not None
                               else pipe.guidance, "sampler": pipe.sampler,
                               "audio": "vocoder" if pipe.vocoder is not None else "Griffin-Lim",
                               "vae_logmel_l1": vae_l1, "seconds_per_clip": gen_seconds, "adherence": report,
-                              "paired": paired, "frechet": fd, "classifier_validation_accuracy": cls_metrics}
+                              "paired": paired, "frechet": fd, "classifier_validation_accuracy": cls_metrics,
+                              "timings": timings}
     if sweep_scales or sweep_steps:
         result["sweep"] = sweep(pipe, rows, real_feat, cls_net, scales=sweep_scales or (),
                                 steps_list=sweep_steps or (), steps=steps, guidance=guidance, seed=seed,

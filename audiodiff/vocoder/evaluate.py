@@ -5,6 +5,8 @@ mel is computed with the vocoder's own front end and turned back into audio by
 
 * the vocoder at each requested number of steps (6, 25, 50, 1000 by default),
 * Griffin-Lim from the same mel (``audiodiff.mel.griffin_lim``: the no-learning floor),
+* for a vocoder with a shaped prior (PriorGrad, spectral), the prior's noise alone (``prior_noise``):
+  it follows the mel without any network, so the network must beat it,
 * nothing: the ground truth itself (the ceiling, where each metric reaches its best value),
 
 and each output is scored against the ground truth (cut to frames * hop samples) with log-mel
@@ -54,6 +56,8 @@ def evaluate(vocoder: Vocoder, clips: Sequence[dict[str, Any]] | Any, steps: Seq
 
     sr, hop, device = vocoder.sample_rate, vocoder.hop_length, vocoder.device
     systems: list[tuple[str, int | None]] = [("ground_truth", None), ("griffin_lim", None)]
+    if vocoder.prior is not None:  # a shaped prior's noise alone: what the network adds is measured against it
+        systems.append(("prior_noise", None))
     systems += [("vocoder", int(s)) for s in steps]
     scores: dict[tuple[str, int | None], list[dict[str, float]]] = {k: [] for k in systems}
     timing: dict[tuple[str, int | None], float] = {k: 0.0 for k in systems}
@@ -79,6 +83,8 @@ def evaluate(vocoder: Vocoder, clips: Sequence[dict[str, Any]] | Any, steps: Seq
             elif name == "griffin_lim":
                 out = griffin_lim(mel, vocoder.mel_config, n_iter=griffin_lim_iters,
                                   generator=torch.Generator().manual_seed(seed))
+            elif name == "prior_noise":
+                out = vocoder.prior_noise(mel, seed=seed)
             else:
                 out = vocoder(mel, k, seed=seed)
             _sync(device)

@@ -379,6 +379,18 @@ class Vocoder(nn.Module):
             wave = wave.clamp(*self.clip)
         return wave[0] if squeeze else wave
 
+    @torch.no_grad()
+    def prior_noise(self, mel: Tensor, seed: int = 0) -> Tensor:
+        """A draw of the prior's noise for ``mel`` (n_mels, frames), no network: for a shaped prior
+        (PriorGrad, spectral) the no-learning baseline, since the noise already follows the mel's loudness
+        (and, for the spectral prior, its spectrum); white noise for the standard prior."""
+        mel = mel.to(self.device, torch.float32)[None]
+        g = torch.Generator(self.device).manual_seed(seed)
+        noise = torch.randn(1, mel.shape[-1] * self.hop_length, generator=g, device=self.device)
+        if self.prior is not None:
+            noise = self.prior.to(mel.device).operators(mel)[0](noise)
+        return (noise.clamp(*self.clip) if self.clip is not None else noise)[0]
+
     def copy_synthesis(self, audio: Tensor, steps: int | None = None, **kwargs: Any) -> Tensor:
         """Analyse ``audio`` with the model's mel and vocode it back ((B, T) -> (B, T // hop * hop))."""
         return self(self.mel(audio.to(self.device)), steps, **kwargs)

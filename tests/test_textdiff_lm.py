@@ -20,10 +20,15 @@ from diffcore.discrete import LogLinearMasking, mask_tokens, masked_nelbo, subs_
 from diffcore.losses import sample_t
 from textdiff import cli, inference
 from textdiff.evaluate import (
+    SAMPLER_SETTINGS,
     ar_perplexity,
     compare_perplexity,
+    compare_samplers,
     diffusion_bound,
+    distinct_ngrams,
     generative_perplexity,
+    reference_quality,
+    sampler_name,
     sample_quality,
     unigram_entropy,
     unigram_nll,
@@ -321,6 +326,37 @@ def test_evaluation_figures():
     assert math.isclose(generative_perplexity(ar, x, batch_size=3), math.exp(exact["nll"]), rel_tol=1e-6)
     rows = sample_quality(TextGenerator(diff, TOK), TextGenerator(ar, TOK, "ar"), [2, 8], n=2, length=12)
     assert [r["steps"] for r in rows] == [2, 8, 12] and all(r["tokens_per_s"] > 0 for r in rows)
+
+
+def test_distinct_ngrams_counts_repeats_within_each_sample():
+    # (1,2) (2,1) (1,2) (2,1): 2 of 4 distinct; 0 1 2 3: all distinct; the mean over samples
+    assert math.isclose(distinct_ngrams(torch.tensor([[1, 2, 1, 2, 1], [0, 1, 2, 3, 4]]), 2), (0.5 + 1.0) / 2)
+    assert distinct_ngrams(torch.tensor([[5, 5, 5, 5]]), 1) == 0.25
+    with pytest.raises(ValueError, match="at least 3 tokens"):
+        distinct_ngrams(torch.tensor([[5, 5]]), 3)
+    with pytest.raises(ValueError):
+        distinct_ngrams(torch.tensor([[5, 5]]), 0)
+
+
+def test_compare_samplers_passes_each_setting_to_the_sampler():
+    diff, ar = TextGenerator(make_net(), TOK), TextGenerator(make_net(causal=True), TOK, "ar")
+    reference = rand_tokens(3, 12, seed=5)
+    settings = [{}, {"method": "confidence", "top_k": 1}, {"temperature": 0.5, "top_p": 0.9, "block_size": 4}]
+    rows = compare_samplers(diff, ar, 4, reference, settings=settings, n=3, seed=2)
+    assert [r["sampler"] for r in rows] == [
+        "diffusion (ancestral)", "diffusion (confidence, top-k 1)", "diffusion (ancestral, T=0.5, top-p 0.9, blocks of 4)",
+        "AR twin (KV cache)", "real text"]
+    # each row's figures are those of the samples its setting draws from the same seed
+    canvas = prompt_canvas(TOK, None, 12, diff.net.mask_id)
+    for kw, row in zip(settings, rows):
+        tokens = diff.fill(canvas, 3, steps=4, seed=2, **kw)
+        assert math.isclose(row["entropy"], unigram_entropy(tokens))
+        assert math.isclose(row["distinct4"], distinct_ngrams(tokens, 4))
+        assert math.isclose(row["gen_ppl"], generative_perplexity(ar.net, tokens), rel_tol=1e-9)
+    assert rows[0]["entropy"] != rows[1]["entropy"]  # the greedy confidence setting is not the plain sampler
+    assert rows[-1] == {"sampler": "real text", **reference_quality(ar.net, reference, TOK)}
+    assert rows[-2]["nfe"] == 12 and rows[0]["nfe"] <= 4
+    assert sampler_name() == "ancestral" and {} in SAMPLER_SETTINGS
 
 
 def test_bound_uses_masked_positions_only_and_per_character_figures():

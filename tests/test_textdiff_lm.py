@@ -534,3 +534,29 @@ def test_evaluate_pair_wants_the_diffusion_model_first():
     diff, ar = TextGenerator(make_net(), TOK), TextGenerator(make_net(causal=True), TOK, "ar")
     with pytest.raises(ValueError, match="masked diffusion model first"):
         evaluate_pair(ar, diff, None)
+
+
+def test_evaluate_pair_sampler_options_and_comparison(tmp_path, monkeypatch, capsys):
+    from textdiff.evaluate import evaluate_pair
+
+    data = write_data(tmp_path / "d", rand_tokens(1, 200, seed=1).numpy()[0], rand_tokens(1, 96, seed=2).numpy()[0])
+    diff, ar = TextGenerator(make_net(), TOK), TextGenerator(make_net(causal=True), TOK, "ar")
+    kw = {"split": "validation", "n_t": 1, "samples": 2, "steps_list": [3], "seed": 4}
+    greedy = evaluate_pair(diff, ar, str(data), sampler={"method": "confidence", "top_k": 1}, compare=True, **kw)
+    plain = evaluate_pair(diff, ar, str(data), **kw)
+    assert "samplers" not in plain and greedy["samples"][0]["sampler"] == "diffusion (confidence, top-k 1)"
+    assert greedy["samples"][0]["entropy"] != plain["samples"][0]["entropy"]  # the options reach the sampler
+    rows = greedy["samplers"]
+    assert len(rows) == len(SAMPLER_SETTINGS) + 2 and rows[0] == {**plain["samples"][0], "seconds": rows[0]["seconds"],
+                                                                  "tokens_per_s": rows[0]["tokens_per_s"]}
+    assert rows[-1] == plain["samples"][-1] and rows[-1]["sampler"] == "real text" and 0 < rows[-1]["distinct4"] <= 1
+    # the same through the command line
+    monkeypatch.setattr(inference, "load_tokenizer", CharTokenizer.from_dir)
+    diff.save_pretrained(tmp_path / "m"), ar.save_pretrained(tmp_path / "a")
+    assert cli.main(["evaluate", "--model", str(tmp_path / "m"), "--ar", str(tmp_path / "a"), "--data", str(data),
+                     "--split", "validation", "--n-t", "1", "--samples", "2", "--steps", "3", "--seed", "4",
+                     "--method", "confidence", "--top-k", "1", "--compare-samplers", "--device", "cpu",
+                     "--json", str(tmp_path / "e.json")]) == 0
+    out = json.loads((tmp_path / "e.json").read_text())
+    assert out["samples"][0]["entropy"] == greedy["samples"][0]["entropy"] and len(out["samplers"]) == len(rows)
+    assert "distinct4" in capsys.readouterr().out

@@ -28,8 +28,8 @@ from textdiff.evaluate import (
     distinct_ngrams,
     generative_perplexity,
     reference_quality,
-    sampler_name,
     sample_quality,
+    sampler_name,
     unigram_entropy,
     unigram_nll,
     window_characters,
@@ -344,8 +344,8 @@ def test_compare_samplers_passes_each_setting_to_the_sampler():
     settings = [{}, {"method": "confidence", "top_k": 1}, {"temperature": 0.5, "top_p": 0.9, "block_size": 4}]
     rows = compare_samplers(diff, ar, 4, reference, settings=settings, n=3, seed=2)
     assert [r["sampler"] for r in rows] == [
-        "diffusion (ancestral)", "diffusion (confidence, top-k 1)", "diffusion (ancestral, T=0.5, top-p 0.9, blocks of 4)",
-        "AR twin (KV cache)", "real text"]
+        "diffusion (ancestral)", "diffusion (confidence, top-k 1)",
+        "diffusion (ancestral, T=0.5, top-p 0.9, blocks of 4)", "AR twin (KV cache)", "real text"]
     # each row's figures are those of the samples its setting draws from the same seed
     canvas = prompt_canvas(TOK, None, 12, diff.net.mask_id)
     for kw, row in zip(settings, rows):

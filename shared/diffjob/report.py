@@ -252,7 +252,8 @@ def text_section(results: dict[str, Any]) -> str:
                     f"test split, {d['tokens']:,} tokens; diffusion bound "
                     f"{ppl.get('gap_percent_char', ppl['gap_percent']):+.1f}% vs AR (per-character perplexity)"),
              _table(["sampler", "steps", "generative ppl/char (AR-scored) ↓", "unigram entropy", "distinct 4-grams",
-                     "network calls", "tokens/s"], q_rows, "unconditional samples; the real-text row is what samples should match"),
+                     "network calls", "tokens/s"], q_rows,
+                    "unconditional samples; the real-text row is what samples should match"),
              "<h3>Samples</h3>"]
     for label, sample in ev["samples"].items():
         parts.append(f"<p><b>{_esc(label)}:</b></p><pre>{_esc(sample)}</pre>")

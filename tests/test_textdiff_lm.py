@@ -20,11 +20,16 @@ from diffcore.discrete import LogLinearMasking, mask_tokens, masked_nelbo, subs_
 from diffcore.losses import sample_t
 from textdiff import cli, inference
 from textdiff.evaluate import (
+    SAMPLER_SETTINGS,
     ar_perplexity,
     compare_perplexity,
+    compare_samplers,
     diffusion_bound,
+    distinct_ngrams,
     generative_perplexity,
+    reference_quality,
     sample_quality,
+    sampler_name,
     unigram_entropy,
     unigram_nll,
     window_characters,
@@ -323,6 +328,37 @@ def test_evaluation_figures():
     assert [r["steps"] for r in rows] == [2, 8, 12] and all(r["tokens_per_s"] > 0 for r in rows)
 
 
+def test_distinct_ngrams_counts_repeats_within_each_sample():
+    # (1,2) (2,1) (1,2) (2,1): 2 of 4 distinct; 0 1 2 3: all distinct; the mean over samples
+    assert math.isclose(distinct_ngrams(torch.tensor([[1, 2, 1, 2, 1], [0, 1, 2, 3, 4]]), 2), (0.5 + 1.0) / 2)
+    assert distinct_ngrams(torch.tensor([[5, 5, 5, 5]]), 1) == 0.25
+    with pytest.raises(ValueError, match="at least 3 tokens"):
+        distinct_ngrams(torch.tensor([[5, 5]]), 3)
+    with pytest.raises(ValueError):
+        distinct_ngrams(torch.tensor([[5, 5]]), 0)
+
+
+def test_compare_samplers_passes_each_setting_to_the_sampler():
+    diff, ar = TextGenerator(make_net(), TOK), TextGenerator(make_net(causal=True), TOK, "ar")
+    reference = rand_tokens(3, 12, seed=5)
+    settings = [{}, {"method": "confidence", "top_k": 1}, {"temperature": 0.5, "top_p": 0.9, "block_size": 4}]
+    rows = compare_samplers(diff, ar, 4, reference, settings=settings, n=3, seed=2)
+    assert [r["sampler"] for r in rows] == [
+        "diffusion (ancestral)", "diffusion (confidence, top-k 1)",
+        "diffusion (ancestral, T=0.5, top-p 0.9, blocks of 4)", "AR twin (KV cache)", "real text"]
+    # each row's figures are those of the samples its setting draws from the same seed
+    canvas = prompt_canvas(TOK, None, 12, diff.net.mask_id)
+    for kw, row in zip(settings, rows):
+        tokens = diff.fill(canvas, 3, steps=4, seed=2, **kw)
+        assert math.isclose(row["entropy"], unigram_entropy(tokens))
+        assert math.isclose(row["distinct4"], distinct_ngrams(tokens, 4))
+        assert math.isclose(row["gen_ppl"], generative_perplexity(ar.net, tokens), rel_tol=1e-9)
+    assert rows[0]["entropy"] != rows[1]["entropy"]  # the greedy confidence setting is not the plain sampler
+    assert rows[-1] == {"sampler": "real text", **reference_quality(ar.net, reference, TOK)}
+    assert rows[-2]["nfe"] == 12 and rows[0]["nfe"] <= 4
+    assert sampler_name() == "ancestral" and {} in SAMPLER_SETTINGS
+
+
 def test_bound_uses_masked_positions_only_and_per_character_figures():
     diff, ar = make_net(dtype=torch.float64), make_net(causal=True)
     windows = [rand_tokens(4, 12, seed=s) for s in range(2)]
@@ -498,3 +534,29 @@ def test_evaluate_pair_wants_the_diffusion_model_first():
     diff, ar = TextGenerator(make_net(), TOK), TextGenerator(make_net(causal=True), TOK, "ar")
     with pytest.raises(ValueError, match="masked diffusion model first"):
         evaluate_pair(ar, diff, None)
+
+
+def test_evaluate_pair_sampler_options_and_comparison(tmp_path, monkeypatch, capsys):
+    from textdiff.evaluate import evaluate_pair
+
+    data = write_data(tmp_path / "d", rand_tokens(1, 200, seed=1).numpy()[0], rand_tokens(1, 96, seed=2).numpy()[0])
+    diff, ar = TextGenerator(make_net(), TOK), TextGenerator(make_net(causal=True), TOK, "ar")
+    kw = {"split": "validation", "n_t": 1, "samples": 2, "steps_list": [3], "seed": 4}
+    greedy = evaluate_pair(diff, ar, str(data), sampler={"method": "confidence", "top_k": 1}, compare=True, **kw)
+    plain = evaluate_pair(diff, ar, str(data), **kw)
+    assert "samplers" not in plain and greedy["samples"][0]["sampler"] == "diffusion (confidence, top-k 1)"
+    assert greedy["samples"][0]["entropy"] != plain["samples"][0]["entropy"]  # the options reach the sampler
+    rows = greedy["samplers"]
+    assert len(rows) == len(SAMPLER_SETTINGS) + 2 and rows[0] == {**plain["samples"][0], "seconds": rows[0]["seconds"],
+                                                                  "tokens_per_s": rows[0]["tokens_per_s"]}
+    assert rows[-1] == plain["samples"][-1] and rows[-1]["sampler"] == "real text" and 0 < rows[-1]["distinct4"] <= 1
+    # the same through the command line
+    monkeypatch.setattr(inference, "load_tokenizer", CharTokenizer.from_dir)
+    diff.save_pretrained(tmp_path / "m"), ar.save_pretrained(tmp_path / "a")
+    assert cli.main(["evaluate", "--model", str(tmp_path / "m"), "--ar", str(tmp_path / "a"), "--data", str(data),
+                     "--split", "validation", "--n-t", "1", "--samples", "2", "--steps", "3", "--seed", "4",
+                     "--method", "confidence", "--top-k", "1", "--compare-samplers", "--device", "cpu",
+                     "--json", str(tmp_path / "e.json")]) == 0
+    out = json.loads((tmp_path / "e.json").read_text())
+    assert out["samples"][0]["entropy"] == greedy["samples"][0]["entropy"] and len(out["samplers"]) == len(rows)
+    assert "distinct4" in capsys.readouterr().out

@@ -29,7 +29,8 @@ Infilling templates: ``[MASK:N]`` is a slot of N >= 1 generated tokens; everythi
 Evaluate the bound against the AR twin on the same test windows, and sample quality per step count:
 
     textdiff evaluate --model DIR --ar AR_DIR [--data DATA] [--split test] [--max-windows 256] [--n-t 4]
-        [--samples 16 --steps 8,32,128]
+        [--samples 16 --steps 8,32,128] [--method confidence] [--temperature 0.8] [--top-p 0.9]
+        [--compare-samplers]        # also every sampler setting of evaluate.SAMPLER_SETTINGS at the first --steps
 """
 
 from __future__ import annotations
@@ -136,7 +137,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = ev.evaluate_pair(diff, ar, args.data, split=args.split, batch_size=args.batch_size,
                            max_windows=args.max_windows, n_t=args.n_t, seed=args.seed, t_min=args.t_min,
                            samples=args.samples,
-                           steps_list=[int(s) for s in args.steps.split(",")] if args.samples else ())
+                           steps_list=[int(s) for s in args.steps.split(",")] if args.samples else (),
+                           sampler={"method": args.method, "temperature": args.temperature, "top_k": args.top_k,
+                                    "top_p": args.top_p, "block_size": args.block_size},
+                           compare=args.compare_samplers)
     res = out["perplexity"]
     d = res["diffusion"]
     print(f"{args.split}: {d['tokens']} tokens ({d.get('characters', '?')} characters) in windows of "
@@ -146,9 +150,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"  bound's Monte-Carlo s.e.: {d['se']:.4f} nats/token")
     gap_char = f", {res['gap_percent_char']:+.1f}% per character" if "gap_percent_char" in res else ""
     print(f"  gap: the diffusion bound is {res['gap_percent']:+.1f}% above the AR perplexity per token{gap_char}")
+    columns = ["sampler", "steps", "gen_ppl", "gen_ppl_char", "entropy", "distinct4", "nfe", "tokens_per_s"]
     if "samples" in out:
-        print(ev.format_table(out["samples"], ["sampler", "steps", "gen_ppl", "gen_ppl_char", "entropy", "nfe",
-                                               "tokens_per_s"]))
+        print(ev.format_table(out["samples"], columns))
+    if "samplers" in out:
+        print(f"sampler settings at {out['samplers'][0]['steps']} steps:")
+        print(ev.format_table(out["samplers"], columns))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
@@ -227,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=0, help="also draw this many samples per step count")
     p.add_argument("--steps", default="8,32,128", help="comma-separated step counts for --samples")
+    p.add_argument("--method", choices=["ancestral", "confidence"], default="ancestral",
+                   help="diffusion sampler for --samples")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--block-size", type=int, default=None, help="semi-autoregressive blocks for --samples")
+    p.add_argument("--compare-samplers", action="store_true",
+                   help="with --samples: also compare sampler settings at the first --steps value")
     p.add_argument("--device", default=None)
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.set_defaults(func=_evaluate)

@@ -169,10 +169,26 @@ def unigram_entropy(samples: Tensor) -> float:
     return sum(out) / len(out)
 
 
+def distinct_ngrams(samples: Tensor, n: int = 4) -> float:
+    """Mean over samples (N, L) of the fraction of each sample's n-grams that are distinct (1: no n-gram
+    repeats within the sample; repetitive text scores low). Samples shorter than n are skipped."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    out = []
+    for row in samples.long().cpu().tolist():
+        grams = [tuple(row[i:i + n]) for i in range(len(row) - n + 1)]
+        if grams:
+            out.append(len(set(grams)) / len(grams))
+    if not out:
+        raise ValueError(f"no sample is at least {n} tokens long")
+    return sum(out) / len(out)
+
+
 def reference_quality(scorer: TransformerNet, windows: Tensor, tokenizer: Any = None) -> dict[str, float]:
-    """Generative perplexity (per token, and per character given the ``tokenizer``) and unigram entropy of
-    real text windows (N, L): what samples should match."""
-    out = {"gen_ppl": generative_perplexity(scorer, windows), "entropy": unigram_entropy(windows)}
+    """Generative perplexity (per token, and per character given the ``tokenizer``), unigram entropy and
+    distinct 4-grams of real text windows (N, L): what samples should match."""
+    out = {"gen_ppl": generative_perplexity(scorer, windows), "entropy": unigram_entropy(windows),
+           "distinct4": distinct_ngrams(windows, 4)}
     if tokenizer is not None:
         out["gen_ppl_char"] = generative_perplexity_per_char(scorer, windows, tokenizer)
     return out
@@ -193,34 +209,79 @@ def sample_quality(diffusion: TextGenerator, ar: TextGenerator, steps_list: Sequ
                    length: int | None = None, seed: int = 0, **kw: Any) -> list[dict[str, Any]]:
     """Unconditional samples of ``length`` tokens at each step count, and the AR twin's own samples.
 
-    Each row: sampler, steps, gen_ppl (scored by the AR twin; gen_ppl_char per character), entropy, nfe
-    (network calls),
-    seconds and tokens_per_s (n * length / seconds). Extra keyword arguments (method, block_size,
-    temperature, top_k, top_p) go to the diffusion sampler.
+    Each row: sampler, steps, gen_ppl (scored by the AR twin; gen_ppl_char per character), entropy,
+    distinct4 (``distinct_ngrams``), nfe (network calls), seconds and tokens_per_s (n * length / seconds).
+    Extra keyword arguments (method, block_size, temperature, top_k, top_p) go to the diffusion sampler
+    and are named in its rows' sampler.
     """
     length = length or diffusion.net.max_len
-    rows = []
+    name = sampler_name(**kw)
+    rows = [_quality_row(ar, f"diffusion ({name})", steps, *timed_fill(diffusion, n, length, steps, seed, **kw))
+            for steps in steps_list]
+    rows.append(_quality_row(ar, "AR twin (KV cache)", length, *timed_fill(ar, n, length, None, seed)))
+    rows[-1]["nfe"] = length
+    return rows
 
-    def row(sampler: str, steps: int, tokens: Tensor, nfe: int | None, secs: float) -> dict[str, Any]:
-        return {"sampler": sampler, "steps": steps, "gen_ppl": generative_perplexity(ar.net, tokens),
-                "gen_ppl_char": generative_perplexity_per_char(ar.net, tokens, ar.tokenizer),
-                "entropy": unigram_entropy(tokens), "nfe": nfe, "seconds": secs, "tokens_per_s": n * length / secs}
 
-    for steps in steps_list:
-        tokens, secs, nfe = timed_fill(diffusion, n, length, steps, seed, **kw)
-        rows.append(row(f"diffusion ({kw.get('method', 'ancestral')})", steps, tokens, nfe, secs))
-    tokens, secs, _ = timed_fill(ar, n, length, None, seed)
-    rows.append(row("AR twin (KV cache)", length, tokens, length, secs))
+def sampler_name(method: str = "ancestral", temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, block_size: int | None = None) -> str:
+    """A short label of a sampler setting, e.g. "ancestral", "confidence, T=0.8, top-p 0.9"."""
+    parts = [method]
+    if temperature != 1.0:
+        parts.append(f"T={temperature:g}")
+    if top_k is not None:
+        parts.append(f"top-k {top_k}")
+    if top_p is not None:
+        parts.append(f"top-p {top_p:g}")
+    if block_size:
+        parts.append(f"blocks of {block_size}")
+    return ", ".join(parts)
+
+
+def _quality_row(scorer: TextGenerator, sampler: str, steps: int, tokens: Tensor, secs: float,
+                 nfe: int | None) -> dict[str, Any]:
+    """One ``sample_quality`` row for samples (n, L) that took ``secs``, scored by the AR twin ``scorer``."""
+    return {"sampler": sampler, "steps": steps, "gen_ppl": generative_perplexity(scorer.net, tokens),
+            "gen_ppl_char": generative_perplexity_per_char(scorer.net, tokens, scorer.tokenizer),
+            "entropy": unigram_entropy(tokens), "distinct4": distinct_ngrams(tokens, 4), "nfe": nfe,
+            "seconds": secs, "tokens_per_s": tokens.numel() / secs}
+
+
+# The diffusion sampler settings that ``compare_samplers`` measures by default (``textdiff evaluate
+# --compare-samplers``): the exact reverse process, the usual ways to trade diversity for likelihood
+# (temperature, nucleus), confidence-ordered unmasking (LLaDA; MaskGIT's order) and semi-autoregressive blocks.
+SAMPLER_SETTINGS: tuple[dict[str, Any], ...] = (
+    {}, {"temperature": 0.9}, {"temperature": 0.8}, {"top_p": 0.95}, {"top_p": 0.9},
+    {"method": "confidence"}, {"method": "confidence", "temperature": 0.9},
+    {"block_size": 16}, {"method": "confidence", "block_size": 16},
+)
+
+
+def compare_samplers(diffusion: TextGenerator, ar: TextGenerator, steps: int, reference: Tensor, *,
+                     settings: Sequence[dict[str, Any]] = SAMPLER_SETTINGS, n: int = 64,
+                     seed: int = 0) -> list[dict[str, Any]]:
+    """``sample_quality``'s figures for several diffusion sampler ``settings`` (keyword dicts: method,
+    temperature, top_k, top_p, block_size) at ``steps``, each from the same seed, then the AR twin's own
+    samples (temperature 1) and the ``reference`` real windows (N, L) as the targets; all of the
+    reference's length."""
+    length = reference.shape[1]
+    rows = [_quality_row(ar, f"diffusion ({sampler_name(**kw)})", steps,
+                         *timed_fill(diffusion, n, length, steps, seed, **kw)) for kw in settings]
+    rows.append(_quality_row(ar, "AR twin (KV cache)", length, *timed_fill(ar, n, length, None, seed)))
+    rows[-1]["nfe"] = length
+    rows.append({"sampler": "real text", **reference_quality(ar.net, reference, ar.tokenizer)})
     return rows
 
 
 def evaluate_pair(diffusion: TextGenerator, ar: TextGenerator, data: str | None, *, split: str = "test",
                   batch_size: int = 16, max_windows: int | None = None, n_t: int = 4, seed: int = 0,
-                  t_min: float = 1e-3, samples: int = 0, steps_list: Sequence[int] = ()) -> dict[str, Any]:
+                  t_min: float = 1e-3, samples: int = 0, steps_list: Sequence[int] = (),
+                  sampler: dict[str, Any] | None = None, compare: bool = False) -> dict[str, Any]:
     """The evaluation of a masked diffusion model against its AR twin on ``split`` of the token set ``data``
     (a folder of .bin arrays; None: the built-in set): ``{"perplexity": compare_perplexity(...)}`` per token
     and per character, with the unigram floor, and, with ``samples`` > 0, ``"samples"``: ``sample_quality``
-    rows at ``steps_list`` plus the real text's row."""
+    rows at ``steps_list`` (diffusion sampler keywords ``sampler``) plus the real text's row; with
+    ``compare`` also ``"samplers"``: ``compare_samplers`` rows at the first of ``steps_list``."""
     from diffcore.data import dataset_dir
 
     from .data.loaders import open_tokens
@@ -244,9 +305,12 @@ def evaluate_pair(diffusion: TextGenerator, ar: TextGenerator, data: str | None,
         diffusion.net, ar.net, windows, diffusion.schedule, n_t=n_t, seed=seed, t_min=t_min,
         characters=window_characters(diffusion.tokenizer, windows), unigram=unigram)}
     if samples:
-        rows = sample_quality(diffusion, ar, steps_list, n=samples, seed=seed)
-        rows.append({"sampler": "real text", **reference_quality(ar.net, torch.cat(windows)[:samples], ar.tokenizer)})
+        reference = torch.cat(windows)[:samples]
+        rows = sample_quality(diffusion, ar, steps_list, n=samples, seed=seed, **(sampler or {}))
+        rows.append({"sampler": "real text", **reference_quality(ar.net, reference, ar.tokenizer)})
         out["samples"] = rows
+        if compare:
+            out["samplers"] = compare_samplers(diffusion, ar, steps_list[0], reference, n=samples, seed=seed)
     return out
 
 

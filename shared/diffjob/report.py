@@ -243,16 +243,17 @@ def text_section(results: dict[str, Any]) -> str:
     rows = [[_text(names[k]), ppl[k]["nll"], ppl[k].get("nats_per_char"), ppl[k].get("bits_per_char"),
              _Raw(("≤ " if k == "diffusion" else "") + _num(ppl[k].get("ppl_per_char", ppl[k]["ppl"]), 2))]
             for k in names if k in ppl]
-    q_rows = [[_text(r["sampler"]), r.get("steps"), r.get("gen_ppl_char"), r.get("entropy"), r.get("nfe"),
-               r.get("tokens_per_s")] for r in ev["samples_quality"]]
+    q_rows = [[_text(r["sampler"]), r.get("steps"), r.get("gen_ppl_char"), r.get("entropy"), r.get("distinct4"),
+               r.get("nfe"), r.get("tokens_per_s")] for r in ev["samples_quality"]]
     parts = ["<section id='text'><h2>Text: masked diffusion LM and its AR twin</h2>",
              f"<p>The same transformer trained {results['text']['diffusion']['steps']:,} steps each on the same "
              "tokens: bidirectional with the masked-diffusion objective, and causal with next-token loss.</p>",
              _table(["model", "nats/token", "nats/char", "bits/char", "perplexity/char"], rows,
                     f"test split, {d['tokens']:,} tokens; diffusion bound "
                     f"{ppl.get('gap_percent_char', ppl['gap_percent']):+.1f}% vs AR (per-character perplexity)"),
-             _table(["sampler", "steps", "generative ppl/char (AR-scored) ↓", "unigram entropy", "network calls",
-                     "tokens/s"], q_rows, "unconditional samples; the real-text row is what samples should match"),
+             _table(["sampler", "steps", "generative ppl/char (AR-scored) ↓", "unigram entropy", "distinct 4-grams",
+                     "network calls", "tokens/s"], q_rows,
+                    "unconditional samples; the real-text row is what samples should match"),
              "<h3>Samples</h3>"]
     for label, sample in ev["samples"].items():
         parts.append(f"<p><b>{_esc(label)}:</b></p><pre>{_esc(sample)}</pre>")

@@ -185,9 +185,11 @@ def test_bench_smoke_trains_both_and_reports_every_key(speech_tiny, tmp_path):
     result = bench.main(["--smoke", "--data", str(speech_tiny), "--cache", str(tmp_path / "peers"),
                          "--out", str(out), "--threads", "1"])
     assert json.loads(out.read_text()).keys() == result.keys()
-    for key in ("settings", "ours_config", "lmnt", "ours", "ratio_ours_over_lmnt", "max_ratio", "griffin_lim",
-                "ground_truth", "machine"):
+    for key in ("settings", "ours_config", "lmnt", "ours", "ratio_ours_over_lmnt", "max_ratio", "quality_ratio",
+                "griffin_lim", "ground_truth", "machine"):
         assert key in result
+    assert result["quality_ratio"] == pytest.approx(result["ours"]["quality"]["vocoder"]["logmel"]
+                                                    / result["lmnt"]["quality"]["vocoder"]["logmel"])
     for system in ("lmnt", "ours"):
         r = result[system]
         curve = list(r["heldout_l1"].values())
@@ -200,3 +202,33 @@ def test_bench_smoke_trains_both_and_reports_every_key(speech_tiny, tmp_path):
         assert ratio == pytest.approx(result["ours"]["heldout_l1"][step] / result["lmnt"]["heldout_l1"][step])
     assert result["ground_truth"]["pesq_wb"] > result["griffin_lim"]["pesq_wb"]
     assert result["ground_truth"]["logmel"] == 0
+
+
+def test_bench_loss_colours_the_noise_with_a_shaped_prior():
+    """l1_loss: the net sees level * audio + sqrt(1 - level^2) * L eps and predicts the white eps; with
+    data_space the error is measured through L."""
+    from audiodiff.vocoder.inference import SpectralPrior
+
+    bench = _bench()
+    config = MelConfig()
+    prior = SpectralPrior(config)
+    g = torch.Generator().manual_seed(0)
+    audio = 0.1 * torch.randn(2, 32 * 256, generator=g)
+    mel = MelSpectrogram(config)(audio)[..., :32]
+    noise, level = torch.randn(audio.shape, generator=g), torch.tensor([0.3, 0.8])
+    color = prior.operators(mel)[0]
+    seen = {}
+
+    def oracle(x_t, lv, mel):  # recovers eps from x_t exactly, through the known audio and L
+        seen["x_t"] = x_t
+        return noise
+
+    assert float(bench.l1_loss(oracle, audio, mel, level, noise, color)) == 0.0
+    expected = level[:, None] * audio + (1 - level[:, None] ** 2).sqrt() * color(noise)
+    torch.testing.assert_close(seen["x_t"], expected)
+    zero = lambda x_t, lv, mel: torch.zeros_like(x_t)  # noqa: E731
+    white = float(bench.l1_loss(zero, audio, mel, level, noise, color))
+    shaped = float(bench.l1_loss(zero, audio, mel, level, noise, color, data_space=True))
+    assert white == pytest.approx(float(noise.abs().mean()))
+    assert shaped == pytest.approx(float(color(noise).abs().mean()))
+    assert shaped < 0.5 * white  # quiet 0.1-RMS audio: the shaped noise is well below unit level

@@ -77,9 +77,32 @@ def test_evaluation_without_the_plain_ceiling_records_its_timings(tmp_path):
     result = run_evaluation(str(tiny_pipeline_dir(tmp_path / "pipe")), str(data), out=tmp_path / "eval", n=2,
                             kinds=("procedural",), classifier_epochs=1, seconds=0.5, pairs=0, without_vae=False)
     assert "ceiling_without_vae" not in result["adherence"] and result["adherence"]["ceiling"]["n"] == 2
-    parts = {"load", "generate", "ceiling", "ceiling_without_vae", "score", "paired", "classifier", "frechet"}
+    parts = {"load", "generate", "ceiling", "ceiling_without_vae", "score", "paired", "seen", "classifier", "frechet"}
     assert set(result["timings"]) == parts and all(v >= 0 for v in result["timings"].values())
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["timings"] == result["timings"]
+
+
+def test_seen_combinations_are_scored_apart_from_the_held_out_ones(tmp_path, monkeypatch):
+    """``seen``: test captions of combinations seen in training, generated and scored with their own ceiling."""
+    import audiodiff.t2s.evaluate as ev
+
+    data = write_sounds_folder(tmp_path / "sounds")
+    asked = []
+    real_generate = ev.generate_for
+    monkeypatch.setattr(ev, "generate_for", lambda pipe, rows, **k: asked.append(list(rows)) or real_generate(
+        pipe, rows, **k))
+    result = ev.run_evaluation(str(tiny_pipeline_dir(tmp_path / "pipe")), str(data), out=tmp_path / "eval", n=2,
+                               kinds=("procedural",), classifier_epochs=1, seconds=0.5, pairs=0, without_vae=False,
+                               seen=3)
+    seen = result["adherence_seen"]
+    assert seen["generated"]["n"] == 3 and seen["ceiling"]["n"] == 3 and "beats_chance" in seen
+    assert [bool(r["held_out"]) for r in asked[0]] == [True] * 2
+    assert [bool(r["held_out"]) for r in asked[1]] == [False] * 3
+    assert result["summary"]["seen"]["of_ceiling"] == seen["of_ceiling"]
+    without = ev.run_evaluation(str(tmp_path / "pipe"), str(data), out=tmp_path / "eval2", n=2, kinds=("procedural",),
+                                classifier=str(tmp_path / "eval" / "classifier"), seconds=0.5, pairs=0,
+                                without_vae=False)
+    assert without["adherence_seen"] is None and "seen" not in without["summary"]
 
 
 def test_shuffle_moves_every_caption_within_its_kind():
@@ -107,7 +130,7 @@ def test_frechet_distance_matches_scipy_and_its_identities():
 def write_sounds_folder(root: Path) -> Path:
     """A miniature sounds set: procedural clips, held-out combinations only in test."""
     parts = {"train": rendered(6, 1, held_out=False), "validation": rendered(4, 2, held_out=False),
-             "test": rendered(6, 3)}
+             "test": tuple(a + b for a, b in zip(rendered(6, 3), rendered(3, 4, held_out=False)))}
     cols = ["file_name", "kind", "held_out", "caption", *ATTRIBUTES["procedural"]]
     for split, (waves, rows) in parts.items():
         (root / split).mkdir(parents=True)

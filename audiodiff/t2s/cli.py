@@ -145,7 +145,7 @@ def _evaluate(ns: argparse.Namespace) -> int:
                             steps=ns.steps, guidance=ns.guidance, sweep_scales=ns.sweep_scales if ns.sweep else None,
                             sweep_steps=ns.sweep_steps if ns.sweep else None, device=resolve_device(ns.device),
                             vocoder=ns.vocoder, kinds=ns.kinds, classifier_epochs=ns.classifier_epochs,
-                            seconds=ns.seconds, pairs=ns.pairs, progress=print)
+                            seconds=ns.seconds, pairs=ns.pairs, seen=ns.seen, progress=print)
     print(json.dumps(result["summary"], indent=2))
     best = result.get("best_guidance")
     if ns.save_best and best is not None:
@@ -208,6 +208,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--n", type=positive_int, default=96, help="held-out captions to generate for")
     p.add_argument("--pairs", type=int, default=32,
                    help="caption pairs of the paired pitch-word test (low/high swapped, same seed; 0: skip)")
+    p.add_argument("--seen", type=int, default=0,
+                   help="also score this many test captions of combinations seen in training (0: skip)")
     p.add_argument("--kinds", nargs="+", default=["procedural", "midi"])
     p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--guidance", type=float, default=None)

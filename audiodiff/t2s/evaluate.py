@@ -12,6 +12,9 @@ interval, beside
   expected accuracy if labels were independent of captions (``chance_expected``: sum over classes of the
   target share times the measured share), the figure an interval is compared with.
 
+``seen`` scores test captions of combinations seen in training the same way (other clips than the training
+ones): a model that follows captions but does not compose them does well there and not on the held-out ones.
+
 Paired one-word test (``paired_word_test``): caption pairs that differ only in the pitch word (low <-> high;
 for MIDI the register word), generated with the same seed; the fraction of pairs whose measured pitch is
 higher for the "high" caption, with its interval.
@@ -459,12 +462,23 @@ def sweep(pipe: Any, rows: Sequence[dict[str, Any]], real_features: np.ndarray, 
     return out
 
 
+def _seen_adherence(pipe: Any, test: Any, kinds: Sequence[str], n: int, seed: int, steps: int | None,
+                    guidance: float | None, seconds: float, batch_size: int) -> dict[str, Any]:
+    """``adherence_report`` for ``n`` test captions of attribute combinations seen in training."""
+    rows = held_out_rows(test, kinds, n, seed, held_out=False)
+    real = [test[r["index"]]["audio"].numpy()[: round(seconds * pipe.sample_rate)] for r in rows]
+    generated = generate_for(pipe, rows, steps=steps, guidance=guidance, seed=seed, seconds=seconds,
+                             batch_size=batch_size)
+    return adherence_report(generated, resynthesize(pipe, real, seconds, seed=seed, batch_size=batch_size), rows,
+                            pipe.sample_rate, seed)
+
+
 def run_evaluation(model: str, data: str, *, out: str | Path = "runs/t2s-eval", classifier: str | None = None,
                    n: int = 96, seed: int = 0, steps: int | None = None, guidance: float | None = None,
                    sweep_scales: Sequence[float] | None = None, sweep_steps: Sequence[int] | None = None,
                    device: str = "cpu", vocoder: str | None = None, kinds: Sequence[str] = ("procedural", "midi"),
                    classifier_epochs: int = 8, seconds: float = CLIP_SECONDS, pairs: int = 32,
-                   without_vae: bool = True, batch_size: int = 8,
+                   without_vae: bool = True, batch_size: int = 8, seen: int = 0,
                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The whole evaluation (see the module doc); writes ``eval.json`` and the first generated clips to ``out``.
 
@@ -475,6 +489,9 @@ def run_evaluation(model: str, data: str, *, out: str | Path = "runs/t2s-eval", 
     ``without_vae``: also score the real clips through the audio path without the VAE (``ceiling_without_vae``,
     one more rendering of every clip; the ceiling the targets use is the one through the VAE).
     ``batch_size``: clips generated (and rendered) at once.
+    ``seen``: also score this many test captions of combinations seen in training (``held_out`` = 0; other
+    clips than the training ones), generated and scored the same way with their own ceiling and chance
+    (``adherence_seen``): it tells a model that does not follow captions from one that does not compose them.
     ``eval.json`` records the seconds each part took (``timings``).
     """
     from ..audio import write_wav
@@ -536,6 +553,11 @@ def run_evaluation(model: str, data: str, *, out: str | Path = "runs/t2s-eval", 
             for k, v in paired.items()))
 
     lap("paired")
+    seen_report = None
+    if seen:
+        seen_report = _seen_adherence(pipe, test, kinds, seen, seed, steps, guidance, seconds, batch_size)
+        say(f"seen combinations ({seen_report['generated']['n']} test captions):\n" + format_adherence(seen_report))
+    lap("seen")
     cls_dir = Path(classifier) if classifier else out / "classifier"
     if (cls_dir / "config.json").is_file():
         cls_net = AudioClassifierNet.from_pretrained(cls_dir)
@@ -563,6 +585,7 @@ def run_evaluation(model: str, data: str, *, out: str | Path = "runs/t2s-eval", 
                               else pipe.guidance, "sampler": pipe.sampler,
                               "audio": "vocoder" if pipe.vocoder is not None else "Griffin-Lim",
                               "vae_logmel_l1": vae_l1, "seconds_per_clip": gen_seconds, "adherence": report,
+                              "adherence_seen": seen_report,
                               "paired": paired, "frechet": fd, "classifier_validation_accuracy": cls_metrics,
                               "timings": timings}
     if sweep_scales or sweep_steps:
@@ -579,6 +602,8 @@ def run_evaluation(model: str, data: str, *, out: str | Path = "runs/t2s-eval", 
         "vae_logmel_l1": vae_l1, "best_guidance": result.get("best_guidance"),
         "beats_chance": report["beats_chance"], "of_ceiling": report["of_ceiling"],
         "paired": {k: v["right_way"] for k, v in (paired or {}).items()}}
+    if seen_report is not None:
+        result["summary"]["seen"] = {k: seen_report[k] for k in ("beats_chance", "of_ceiling")}
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     say(f"wrote {out / 'eval.json'}")
     return result

@@ -128,7 +128,7 @@ def test_frechet_distance_matches_scipy_and_its_identities():
 
 
 def write_sounds_folder(root: Path) -> Path:
-    """A miniature sounds set: procedural clips, held-out combinations only in test."""
+    """A miniature sounds set: procedural clips; held-out combinations only in test, beside a few seen ones."""
     parts = {"train": rendered(6, 1, held_out=False), "validation": rendered(4, 2, held_out=False),
              "test": tuple(a + b for a, b in zip(rendered(6, 3), rendered(3, 4, held_out=False)))}
     cols = ["file_name", "kind", "held_out", "caption", *ATTRIBUTES["procedural"]]

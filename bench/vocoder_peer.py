@@ -303,7 +303,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     held = test.heldout(args.heldout)
     common = {"steps": args.steps, "size": args.size, "mel": args.mel, "batch": args.batch, "seed": args.seed,
               "lr": args.lr, "clip": args.clip, "segment_samples": frames * hop, "heldout": held[0].shape[0],
-              "eval_every": args.eval_every, "data": args.data}
+              "eval_every": args.eval_every, "data": args.data,
+              # a cached lmnt run's vocoding must be of the same utterances for quality_ratio to compare
+              "quality_clips": args.quality_clips, "quality_seconds": args.quality_seconds,
+              "quality_steps": args.quality_steps}
 
     cached = json.loads(args.lmnt_cache.read_text()) if args.lmnt_cache and args.lmnt_cache.exists() else None
     if cached is not None and (cached["settings"]["steps"] < args.steps or any(

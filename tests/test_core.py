@@ -18,6 +18,7 @@ VP = {
     "linear": S.LinearBetaSchedule(),
     "cosine": S.CosineSchedule(),
     "sigmoid": S.SigmoidSchedule(),
+    "cosine_shift3": S.CosineSchedule(shift=3.0),
     "table": S.BetaTableSchedule([1e-4, 1e-3, 1e-2, 0.1, 0.5, 0.99]),
 }
 ALL = {**VP, "ve": S.GeometricVESchedule(0.01, 50.0)}
@@ -67,6 +68,22 @@ def test_cosine_matches_improved_ddpm_formula():
     f = lambda u: torch.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
     # equal up to the floor alpha_bar(1) = sigmoid(logsnr_min) ~ 3e-7 that keeps alpha(1) > 0
     torch.testing.assert_close(s.alpha_bar(t), f(t) / f(torch.zeros(1, dtype=torch.float64)), rtol=0, atol=4e-7)
+
+
+@pytest.mark.parametrize("base", [S.CosineSchedule, S.SigmoidSchedule])
+def test_shifted_schedule_divides_the_snr_by_the_shift_squared(base):
+    """A shift s keeps the shape and divides alpha^2 / sigma^2 by s^2 at every t (Hoogeboom et al. 2023):
+    a clip held at SNR r by the plain schedule sits at r / s^2 at the same t of the shifted one."""
+    plain, shifted = base(), base(shift=3.0)
+    t = TS[1:-1]
+    a, sg = shifted.alpha_sigma(t)
+    a0, s0 = plain.alpha_sigma(t)
+    torch.testing.assert_close((a / sg) ** 2, (a0 / s0) ** 2 / 9.0, rtol=1e-9, atol=0)
+    assert float(shifted.alpha(1.0)) < float(plain.alpha(1.0))
+    assert "shift" not in plain.config()  # a config saved before the shift existed reads back the same
+    assert S.schedule_from_config(shifted.config()).shift == 3.0
+    with pytest.raises(ValueError, match="shift must be positive"):
+        base(shift=0.0)
 
 
 def test_ve_geometric_ladder():

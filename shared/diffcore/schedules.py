@@ -163,12 +163,23 @@ class _ShapedVPSchedule(Schedule):
 
     The floor ``ab_min = sigmoid(logsnr_min)`` keeps alpha(1) > 0 (so x0 can be recovered from an
     eps prediction at t = 1) while keeping the schedule strictly monotone, unlike a clamp.
+
+    ``shift``: the log-SNR is lowered by ``2 log(shift)`` at every t, the "shifted" schedule of Hoogeboom et al.
+    2023 (simple diffusion, Sec. 3.1): data whose values are redundant (a large image; a tone held over many
+    frames) stays recognisable at a higher noise than the unshifted schedule puts most steps at, so a shift
+    > 1 moves training and sampling time to the noise levels where the coarse structure is decided.
     """
 
     kind: Kind = "vp"
 
-    def __init__(self, logsnr_min: float = -15.0):
-        self.logsnr_min = float(logsnr_min)
+    def __init__(self, logsnr_min: float = -15.0, shift: float = 1.0):
+        if not shift > 0:
+            raise ValueError(f"shift must be positive (1: no shift), got {shift}")
+        self.logsnr_min, self.shift = float(logsnr_min), float(shift)
+
+    def _config(self, name: str, **fields: float) -> dict[str, Any]:
+        shift = {"shift": self.shift} if self.shift != 1.0 else {}  # configs saved before the shift still match
+        return {"name": name, **fields, "logsnr_min": self.logsnr_min, **shift}
 
     def _shape(self, t: Tensor) -> Tensor:
         raise NotImplementedError
@@ -180,14 +191,14 @@ class _ShapedVPSchedule(Schedule):
         g = self._shape(t64).clamp(0, 1)
         ab = ab_min + (1 - ab_min) * g
         one_minus = (1 - ab_min) * (1 - g)
-        return (torch.log(ab) - torch.log(one_minus)).to(t.dtype)
+        return (torch.log(ab) - torch.log(one_minus) - 2 * math.log(self.shift)).to(t.dtype)
 
 
 class CosineSchedule(_ShapedVPSchedule):
     """Improved DDPM's cosine schedule (Nichol & Dhariwal 2021): g = cos^2(pi/2 (t+s)/(1+s)) / g(0)."""
 
-    def __init__(self, s: float = 0.008, logsnr_min: float = -15.0):
-        super().__init__(logsnr_min)
+    def __init__(self, s: float = 0.008, logsnr_min: float = -15.0, shift: float = 1.0):
+        super().__init__(logsnr_min, shift)
         self.s = float(s)
 
     def _shape(self, t: Tensor) -> Tensor:
@@ -195,15 +206,16 @@ class CosineSchedule(_ShapedVPSchedule):
         return f(t) / f(torch.zeros_like(t))
 
     def config(self) -> dict[str, Any]:
-        return {"name": "cosine", "s": self.s, "logsnr_min": self.logsnr_min}
+        return self._config("cosine", s=self.s)
 
 
 class SigmoidSchedule(_ShapedVPSchedule):
     """Sigmoid schedule (Jabri et al. 2022; Chen 2023): g = (sig(end/tau) - sig((start + t(end-start))/tau))
     / (sig(end/tau) - sig(start/tau))."""
 
-    def __init__(self, start: float = -3.0, end: float = 3.0, tau: float = 1.0, logsnr_min: float = -15.0):
-        super().__init__(logsnr_min)
+    def __init__(self, start: float = -3.0, end: float = 3.0, tau: float = 1.0, logsnr_min: float = -15.0,
+                 shift: float = 1.0):
+        super().__init__(logsnr_min, shift)
         if end <= start or tau <= 0:
             raise ValueError("sigmoid schedule needs start < end and tau > 0")
         self.start, self.end, self.tau = float(start), float(end), float(tau)
@@ -215,8 +227,7 @@ class SigmoidSchedule(_ShapedVPSchedule):
         return (v_end - v) / (v_end - v_start)
 
     def config(self) -> dict[str, Any]:
-        return {"name": "sigmoid", "start": self.start, "end": self.end, "tau": self.tau,
-                "logsnr_min": self.logsnr_min}
+        return self._config("sigmoid", start=self.start, end=self.end, tau=self.tau)
 
 
 # --------------------------------------------------------------------------------------------------

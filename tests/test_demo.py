@@ -24,7 +24,8 @@ from diffcore.lightning import AtomicCheckpointIO
 from diffjob import DemoError
 from diffjob.demo import run_demo
 
-STAGES = ("data", "vocoder", "vae", "t2s", "text_tokens", "lm", "lm_ar", "eval_vocoder", "eval_t2s", "eval_text")
+STAGES = ("data", "vocoder", "vae", "t2s", "t2s_classifier", "text_tokens", "lm", "lm_ar", "eval_vocoder", "eval_t2s",
+          "eval_text")
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,9 @@ def test_smoke_report_numbers_are_sane(smoke):
     assert set(res["stage_seconds"]) == set(STAGES)
     for stage in STAGES:
         assert json.loads((smoke / stage / "done.json").read_text())["fingerprint"]
+    # the Frechet classifier is trained once, by its own stage beside the training stages, and eval_t2s uses it
+    assert (smoke / "t2s_classifier" / "classifier" / "config.json").is_file()
+    assert not (smoke / "eval_t2s" / "classifier").exists()
 
     rows = {(r["system"], r["steps"]): r for r in res["vocoder"]["eval"]["rows"]}
     truth, gl = rows[("ground_truth", None)], rows[("griffin_lim", None)]
@@ -140,7 +144,7 @@ def test_a_trained_vocoder_replaces_the_tiny_one_without_being_touched(smoke, ti
                    vocoder=source, say=said.append)
     for stage in ("vocoder", "eval_vocoder", "eval_t2s"):
         assert f"[{stage}] starting" in said, said
-    for stage in ("data", "vae", "t2s", "lm", "lm_ar", "eval_text"):
+    for stage in ("data", "vae", "t2s", "t2s_classifier", "lm", "lm_ar", "eval_text"):
         assert any(line.startswith(f"[{stage}] done earlier") for line in said), stage
     voc = res["vocoder"]
     assert voc["source"] == str(source.resolve()) and voc["steps"] is None

@@ -25,6 +25,7 @@ from audiodiff.cli import lightning_cli
 from audiodiff.data.loaders import AudioClips
 from audiodiff.mel import MelConfig, MelConfigMismatchError
 from audiodiff.t2s.evaluate import run_evaluation as run_t2s_evaluation
+from audiodiff.t2s.evaluate import train_classifier
 from audiodiff.t2s.module import export_pipeline, export_vae
 from audiodiff.vocoder import Vocoder
 from audiodiff.vocoder.evaluate import evaluate as evaluate_vocoder
@@ -252,6 +253,14 @@ def audio_backend(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "vocoder_logmel": voc["logmel_mean"], "griffin_lim_logmel": gl["logmel_mean"]}
 
 
+def stage_t2s_classifier(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> dict[str, Any]:
+    """Train the in-domain audio classifier whose features the Frechet distance uses. It depends on the data
+    alone, so it runs beside the VAE and latent-model training instead of after them."""
+    _, metrics = train_classifier(_data(up, "sounds"), d / "classifier", epochs=ctx.profile.classifier_epochs,
+                                  seed=ctx.seed, progress=lambda s: ctx.say(f"[t2s_classifier] {s}"))
+    return {"classifier": str(d / "classifier"), "validation_accuracy": metrics}
+
+
 def eval_t2s(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> dict[str, Any]:
     """Caption adherence and Frechet distance of the text-to-sound model; its audio goes through whichever
     mel -> audio path measured better on unseen speech: our vocoder once it is trained enough, Griffin-Lim
@@ -261,7 +270,8 @@ def eval_t2s(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> dict[st
     vocoder = up["vocoder"]["result"]["model"] if backend["name"] == "vocoder" else None
     result = run_t2s_evaluation(up["t2s"]["result"]["model"], _data(up, "sounds"), out=d, n=p.t2s_captions,
                                 seed=ctx.seed, steps=p.t2s_steps, vocoder=vocoder,
-                                classifier_epochs=p.classifier_epochs, seconds=3.0 if p.name != "smoke" else 1.5,
+                                classifier=up["t2s_classifier"]["result"]["classifier"],
+                                seconds=3.0 if p.name != "smoke" else 1.5,
                                 pairs=p.t2s_pairs, without_vae=False,  # the targets' ceiling is through the VAE
                                 progress=lambda s: ctx.say(f"[eval_t2s] {s}"))
     keep = ("n", "steps", "guidance", "sampler", "audio", "vae_logmel_l1", "seconds_per_clip", "adherence",
@@ -310,6 +320,9 @@ class Stage:
 
 
 LM_FIELDS = ("lm_steps", "lm_batch_size", "val_batches")
+# Order matters: among the stages whose upstream is done, the earlier in this list starts first. The
+# text-to-sound chain (VAE, latent model, its evaluation) is the longest, so its stages come before the
+# text models, which fill the other core meanwhile.
 STAGES: tuple[Stage, ...] = (
     Stage("data", stage_data, (), ("data_size",), extra=lambda ctx: {"data_root": str(ctx.data_root)}),
     Stage("vocoder", stage_vocoder, ("data",), ("vocoder_steps", "search_utterances", "val_batches"),
@@ -318,11 +331,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("vae", stage_vae, ("data",), ("vae_steps", "val_batches"), ("t2s/vae_tiny.yaml",)),
     Stage("eval_vocoder", eval_vocoder, ("data", "vocoder"), ("eval_utterances", "eval_seconds", "vocoder_eval_steps")),
     Stage("t2s", stage_t2s, ("data", "vae"), ("ldm_steps", "t2s_steps", "val_batches"), ("t2s/ldm_tiny.yaml",)),
+    Stage("t2s_classifier", stage_t2s_classifier, ("data",), ("classifier_epochs",)),
+    Stage("eval_t2s", eval_t2s, ("data", "t2s", "vocoder", "eval_vocoder", "t2s_classifier"),
+          ("name", "t2s_captions", "t2s_pairs", "t2s_steps")),
     Stage("text_tokens", stage_text_tokens, ("data",)),
     Stage("lm", stage_lm, ("text_tokens",), LM_FIELDS, ("textdiff/tiny_char.yaml",)),
     Stage("lm_ar", stage_lm, ("text_tokens",), LM_FIELDS, ("textdiff/tiny_char_ar.yaml",)),
-    Stage("eval_t2s", eval_t2s, ("data", "t2s", "vocoder", "eval_vocoder"),
-          ("name", "t2s_captions", "t2s_pairs", "t2s_steps", "classifier_epochs")),
     Stage("eval_text", eval_text, ("text_tokens", "lm", "lm_ar"),
           ("text_windows", "text_samples", "text_sample_steps")),
 )

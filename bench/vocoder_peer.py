@@ -34,6 +34,11 @@ the mel's envelope. The net then predicts the white noise under the shaped noise
 L1 of the added noise, which flatters it); the like-for-like figure across priors is end to end:
 ``quality_ratio``, ours over lmnt in log-mel L1 after the same 6-step sampling of the same utterances.
 
+``--search N``: each system also gets its own 6-step table, searched on the first N validation utterances
+(2 s each) by the search the main job runs (``audiodiff.vocoder.search.search_schedule``, one round), and
+vocodes the same utterances with it (``vocoder_searched``; ratio ``quality_ratio_searched``). The default
+table suits neither network this early, and every user of a trained vocoder searches its table.
+
 The lmnt curve is deterministic for a seed: ``--lmnt-cache FILE`` reuses a stored one (same steps,
 size, mel, batch, seed) so that ablations of ours cost one training each.
 """
@@ -243,17 +248,28 @@ def train_system(name: str, net: nn.Module, train: Clips, held: tuple[Tensor, Te
             "parameters": sum(p.numel() for p in net.parameters())}
 
 
-def quality(vocoder, clips, args, systems: bool) -> dict[str, Any]:
-    """6-step vocoding of held-out utterances scored beside Griffin-Lim and the ground truth."""
+def quality(vocoder, clips, args, systems: bool, search_audio: list[Tensor] | None = None) -> dict[str, Any]:
+    """6-step vocoding of held-out utterances scored beside Griffin-Lim and the ground truth; with
+    ``search_audio``, again with a table searched for this vocoder on those (validation) utterances."""
     from audiodiff.vocoder.evaluate import evaluate
+    from audiodiff.vocoder.search import search_schedule
 
     items = [{"audio": a} for a in clips.audio[: args.quality_clips]]
-    rows = evaluate(vocoder.eval(), items, steps=(args.quality_steps,), max_seconds=args.quality_seconds,
-                    seed=0)["rows"]
     keep = ("logmel_mean", "pesq_wb_mean", "stoi_mean", "rtf")
-    out = {(r["system"] if r["steps"] is None else "vocoder"): {k.removesuffix("_mean"): r[k] for k in keep}
-           for r in rows}
-    return out if systems else {"vocoder": out["vocoder"]}
+
+    def vocode() -> dict[str, dict[str, float]]:
+        rows = evaluate(vocoder.eval(), items, steps=(args.quality_steps,), max_seconds=args.quality_seconds,
+                        seed=0)["rows"]
+        return {(r["system"] if r["steps"] is None else "vocoder"): {k.removesuffix("_mean"): r[k] for k in keep}
+                for r in rows}
+
+    out: dict[str, Any] = vocode()
+    if search_audio:
+        found = search_schedule(vocoder, search_audio, args.quality_steps, seed=args.seed, rounds=1)
+        vocoder.set_noise_schedule(found.betas)
+        out["vocoder_searched"] = vocode()["vocoder"]
+        out["searched_betas"] = [float(b) for b in found.betas]
+    return out if systems else {k: v for k, v in out.items() if k in ("vocoder", "vocoder_searched", "searched_betas")}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -281,6 +297,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--quality-seconds", type=float, default=3.0)
     p.add_argument("--quality-steps", type=int, default=6)
     p.add_argument("--no-quality", action="store_true", help="skip the final vocoding (ablations: curves only)")
+    p.add_argument("--search", type=int, default=0,
+                   help="also vocode with a 6-step table searched per system on N validation utterances")
     args = p.parse_args(argv)
     if args.smoke:
         args.steps, args.heldout, args.quality_clips, args.quality_seconds = min(args.steps, 3), 8, 1, 1.0
@@ -301,12 +319,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train = Clips(args.data, "train", mel_fn, frames, limit)
     test = Clips(args.data, "test", mel_fn, frames, max(args.heldout, args.quality_clips) if args.smoke else None)
     held = test.heldout(args.heldout)
+    search_audio = None
+    if args.search > 0 and not args.no_quality:
+        val = Clips(args.data, "validation", mel_fn, frames, args.search)
+        search_audio = [a[: int(2.0 * mel_config.sample_rate)] for a in val.audio[: args.search]]
     common = {"steps": args.steps, "size": args.size, "mel": args.mel, "batch": args.batch, "seed": args.seed,
               "lr": args.lr, "clip": args.clip, "segment_samples": frames * hop, "heldout": held[0].shape[0],
               "eval_every": args.eval_every, "data": args.data,
               # a cached lmnt run's vocoding must be of the same utterances for quality_ratio to compare
               "quality_clips": args.quality_clips, "quality_seconds": args.quality_seconds,
-              "quality_steps": args.quality_steps}
+              "quality_steps": args.quality_steps, "search": args.search}
 
     cached = json.loads(args.lmnt_cache.read_text()) if args.lmnt_cache and args.lmnt_cache.exists() else None
     if cached is not None and (cached["settings"]["steps"] < args.steps or any(
@@ -321,7 +343,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lmnt_net = LmntNet(lmnt, mel_config.n_mels, hop, size["mel_channels"], size["upsample_channels"],
                            size["downsample_channels"])
         lmnt_result = train_system("lmnt", lmnt_net, train, held, args)
-        lmnt_result["quality"] = quality(Vocoder(lmnt_net, mel_config=mel_config), test, args, systems=False)
+        lmnt_result["quality"] = quality(Vocoder(lmnt_net, mel_config=mel_config), test, args, systems=False,
+                                         search_audio=search_audio)
         if args.lmnt_cache and not args.smoke:
             args.lmnt_cache.parent.mkdir(parents=True, exist_ok=True)
             args.lmnt_cache.write_text(json.dumps({"settings": common, "lmnt": lmnt_result}, default=float))
@@ -336,7 +359,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ours_result = train_system("ours", ours_net, train, held, args, make_prior(args.prior, mel_config), args.ours_lr)
     vocoder = Vocoder(ours_net, mel_config=mel_config, prior=args.prior)
     ours_result["quality"] = ({"vocoder": {}, "griffin_lim": {}, "ground_truth": {}} if args.no_quality
-                              else quality(vocoder, test, args, systems=True))
+                              else quality(vocoder, test, args, systems=True, search_audio=search_audio))
 
     ratio = {s: ours_result["heldout_l1"][s] / lmnt_result["heldout_l1"][_key(lmnt_result, s)]
              for s in ours_result["heldout_l1"]}
@@ -345,6 +368,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "lmnt": lmnt_result, "ours": ours_result,
               "ratio_ours_over_lmnt": ratio, "max_ratio": max(ratio.values()),
               "quality_ratio": _quality_ratio(ours_result, lmnt_result),
+              "quality_ratio_searched": _quality_ratio(ours_result, lmnt_result, "vocoder_searched"),
               "griffin_lim": ours_result["quality"].pop("griffin_lim"),
               "ground_truth": ours_result["quality"].pop("ground_truth"),
               "machine": {"threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
@@ -357,9 +381,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def _quality_ratio(ours: dict[str, Any], lmnt: dict[str, Any]) -> float | None:
-    """Ours over lmnt in log-mel L1 after the same sampling (None when either skipped the vocoding)."""
-    a, b = ours["quality"]["vocoder"].get("logmel"), lmnt.get("quality", {}).get("vocoder", {}).get("logmel")
+def _quality_ratio(ours: dict[str, Any], lmnt: dict[str, Any], row: str = "vocoder") -> float | None:
+    """Ours over lmnt in log-mel L1 after the same sampling (None when either skipped that vocoding)."""
+    a = ours["quality"].get(row, {}).get("logmel")
+    b = lmnt.get("quality", {}).get(row, {}).get("logmel")
     return a / b if a is not None and b else None
 
 

@@ -183,10 +183,10 @@ def test_bench_smoke_trains_both_and_reports_every_key(speech_tiny, tmp_path):
         pytest.skip("PyPI unreachable: cannot fetch the reference wavegrad==0.1.5")
     out = tmp_path / "peer.json"
     result = bench.main(["--smoke", "--data", str(speech_tiny), "--cache", str(tmp_path / "peers"),
-                         "--out", str(out), "--threads", "1"])
+                         "--out", str(out), "--threads", "1", "--search", "1"])
     assert json.loads(out.read_text()).keys() == result.keys()
     for key in ("settings", "ours_config", "lmnt", "ours", "ratio_ours_over_lmnt", "max_ratio", "quality_ratio",
-                "griffin_lim", "ground_truth", "machine"):
+                "quality_ratio_searched", "griffin_lim", "ground_truth", "machine"):
         assert key in result
     assert result["quality_ratio"] == pytest.approx(result["ours"]["quality"]["vocoder"]["logmel"]
                                                     / result["lmnt"]["quality"]["vocoder"]["logmel"])
@@ -198,6 +198,12 @@ def test_bench_smoke_trains_both_and_reports_every_key(speech_tiny, tmp_path):
         assert r["samples_per_s"] > 0 and r["parameters"] > 0
         for metric in ("logmel", "pesq_wb", "stoi", "rtf"):
             assert math.isfinite(r["quality"]["vocoder"][metric])
+            assert math.isfinite(r["quality"]["vocoder_searched"][metric])
+        # each system searched its own 6-step table
+        betas = r["quality"]["searched_betas"]
+        assert len(betas) == 6 and all(0 < b < 1 for b in betas)
+    assert result["quality_ratio_searched"] == pytest.approx(
+        result["ours"]["quality"]["vocoder_searched"]["logmel"] / result["lmnt"]["quality"]["vocoder_searched"]["logmel"])
     for step, ratio in result["ratio_ours_over_lmnt"].items():
         assert ratio == pytest.approx(result["ours"]["heldout_l1"][step] / result["lmnt"]["heldout_l1"][step])
     assert result["ground_truth"]["pesq_wb"] > result["griffin_lim"]["pesq_wb"]

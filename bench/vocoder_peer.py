@@ -36,8 +36,8 @@ L1 of the added noise, which flatters it); the like-for-like figure across prior
 
 ``--search N``: each system also gets its own 6-step table, searched on the first N validation utterances
 (2 s each) by the search the main job runs (``audiodiff.vocoder.search.search_schedule``, one round), and
-vocodes the same utterances with it (``vocoder_searched``; ratio ``quality_ratio_searched``). The default
-table suits neither network this early, and every user of a trained vocoder searches its table.
+vocodes the same utterances with it (``vocoder_searched``; ratio ``quality_ratio_searched``). A shaped prior
+changes which table suits a network, and a user of a trained vocoder searches its table anyway.
 
 The lmnt curve is deterministic for a seed: ``--lmnt-cache FILE`` reuses a stored one (same steps,
 size, mel, batch, seed) so that ablations of ours cost one training each.

@@ -165,7 +165,7 @@ class _ShapedVPSchedule(Schedule):
     eps prediction at t = 1) while keeping the schedule strictly monotone, unlike a clamp.
 
     ``shift``: the log-SNR is lowered by ``2 log(shift)`` at every t, the "shifted" schedule of Hoogeboom et al.
-    2023 (simple diffusion, Sec. 3.1): data whose values are redundant (a large image; a tone held over many
+    2023 ("simple diffusion"): data whose values are redundant (a large image; a tone held over many
     frames) stays recognisable at a higher noise than the unshifted schedule puts most steps at, so a shift
     > 1 moves training and sampling time to the noise levels where the coarse structure is decided.
     """

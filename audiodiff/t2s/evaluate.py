@@ -462,11 +462,16 @@ def sweep(pipe: Any, rows: Sequence[dict[str, Any]], real_features: np.ndarray, 
     return out
 
 
+def _excerpts(test: Any, rows: Sequence[dict[str, Any]], seconds: float, sample_rate: int) -> list[np.ndarray]:
+    """The first ``seconds`` of each row's real test clip."""
+    return [test[r["index"]]["audio"].numpy()[: round(seconds * sample_rate)] for r in rows]
+
+
 def _seen_adherence(pipe: Any, test: Any, kinds: Sequence[str], n: int, seed: int, steps: int | None,
                     guidance: float | None, seconds: float, batch_size: int) -> dict[str, Any]:
     """``adherence_report`` for ``n`` test captions of attribute combinations seen in training."""
     rows = held_out_rows(test, kinds, n, seed, held_out=False)
-    real = [test[r["index"]]["audio"].numpy()[: round(seconds * pipe.sample_rate)] for r in rows]
+    real = _excerpts(test, rows, seconds, pipe.sample_rate)
     generated = generate_for(pipe, rows, steps=steps, guidance=guidance, seed=seed, seconds=seconds,
                              batch_size=batch_size)
     return adherence_report(generated, resynthesize(pipe, real, seconds, seed=seed, batch_size=batch_size), rows,
@@ -513,11 +518,10 @@ def run_evaluation(model: str, data: str, *, out: str | Path = "runs/t2s-eval", 
     test = AudioClips(data, split="test")
     rows = held_out_rows(test, kinds, n, seed)
     floor_rows = held_out_rows(test, kinds, len(rows), seed, skip=len(rows))
-    real = [test[r["index"]]["audio"].numpy() for r in rows]
+    real = _excerpts(test, rows, seconds, pipe.sample_rate)
     say(f"{len(rows)} held-out captions ({', '.join(kinds)}) from the test split of {data}")
 
     # VAE reconstruction error on these clips (log-mel L1, natural-log units)
-    real = [w[: round(seconds * pipe.sample_rate)] for w in real]
     mel = _fixed_mels(real, pipe.mel_config, pipe.frames_for(seconds)).to(pipe.device)
     with torch.no_grad():
         z, _ = pipe.vae.encode_latents(mel)
@@ -568,8 +572,7 @@ def run_evaluation(model: str, data: str, *, out: str | Path = "runs/t2s-eval", 
         cls_net, cls_metrics = train_classifier(data, cls_dir, epochs=classifier_epochs, seed=seed, progress=say)
     lap("classifier")
     real_feat = classifier_features(cls_net, real)
-    floor_feat = classifier_features(cls_net, [test[r["index"]]["audio"].numpy()[: round(seconds * pipe.sample_rate)]
-                                               for r in floor_rows])
+    floor_feat = classifier_features(cls_net, _excerpts(test, floor_rows, seconds, pipe.sample_rate))
     # the floor needs a second, disjoint set of held-out clips; a tiny test split may not have one
     floor = frechet_distance(floor_feat, real_feat) if len(floor_rows) >= 2 else float("nan")
     fd = {"generated_vs_real": frechet_distance(classifier_features(cls_net, generated), real_feat),

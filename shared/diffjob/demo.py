@@ -46,7 +46,7 @@ from .stages import DemoError, Job, Stages, cpu_cores, fingerprint, loss_curves,
 
 @dataclass(frozen=True)
 class Profile:
-    """Sizes and budgets of one demo run. ``full`` is the README's job (about 20 minutes on 2 CPU cores);
+    """Sizes and budgets of one demo run. ``full`` is the README's job (under 20 minutes on 2 CPU cores);
     ``smoke`` runs every code path in a few minutes (CI)."""
 
     name: str
@@ -71,7 +71,7 @@ class Profile:
 
 
 PROFILES = {
-    "full": Profile("full", "small", vocoder_steps=400, vae_steps=300, ldm_steps=1000, lm_steps=2000, lm_batch_size=12,
+    "full": Profile("full", "small", vocoder_steps=400, vae_steps=300, ldm_steps=2000, lm_steps=2000, lm_batch_size=12,
                     search_utterances=3, eval_utterances=8, eval_seconds=3.0, vocoder_eval_steps=(6, 50),
                     t2s_captions=96, t2s_pairs=32, t2s_steps=25, classifier_epochs=1, text_windows=512, text_samples=16,
                     text_sample_steps=(8, 32, 128), val_batches=4),

@@ -5,6 +5,7 @@ stays below it), the Frechet distance (against an independent scipy computation)
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from audiodiff.t2s.evaluate import (
     adherence_report,
     expected_chance,
     frechet_distance,
+    octave_shift,
     paired_word_test,
     pitch_pairs,
     shuffled_within_kind,
@@ -234,5 +236,17 @@ def test_paired_word_test_counts_moves_the_right_way():
     pairs = [{"kind": "procedural", "low": f"{n} low beeps", "high": f"{n} high beeps"} for n in range(6)]
     good = paired_word_test(_TonePipe(True), pairs, seconds=1.0, batch_size=4)["pitch"]
     assert good["right_way"] == 1.0 and good["n"] == 6 and good["interval"][0] > 0.5
+    shift = good["octaves"]  # 220 -> 2000 Hz in every pair
+    assert shift["measured"] == 6 and shift["mean"] == pytest.approx(math.log2(2000 / 220), abs=0.05)
+    assert shift["interval"][0] <= shift["mean"] <= shift["interval"][1]
     deaf = paired_word_test(_TonePipe(False), pairs, seconds=1.0, batch_size=4)["pitch"]
     assert deaf["right_way"] == 0.0  # the same seed gives the same clip: pitch does not move
+    assert deaf["octaves"]["mean"] == pytest.approx(0.0, abs=0.02)
+
+
+def test_octave_shift_summarises_per_pair_shifts():
+    s = octave_shift([1.0, 2.0, 3.0, -0.5])
+    assert s["mean"] == pytest.approx(1.375) and s["median"] == pytest.approx(1.5) and s["measured"] == 4
+    lo, hi = s["interval"]
+    assert -0.5 <= lo < 1.375 < hi <= 3.0 and octave_shift([1.0, 2.0, 3.0, -0.5]) == s  # seeded
+    assert octave_shift([]) == {"mean": None, "median": None, "interval": [None, None], "measured": 0}

@@ -191,8 +191,14 @@ def t2s_section(results: dict[str, Any], media: Media) -> str:
                         *[_Raw("[" + ", ".join(_num(x, 2) for x in interval[a]) + "]") if a in interval else None
                           for a in attrs]])
     paired = ev.get("paired") or {}
+    def shift(v: dict[str, Any]) -> Any:  # the mean pitch move in octaves, with its interval (older runs: none)
+        o = v.get("octaves") or {}
+        if not o.get("measured"):
+            return None
+        return _Raw(f"{_num(o['mean'], 2)} [" + ", ".join(_num(x, 2) for x in o["interval"]) + "]")
+
     paired_rows = [[_text(attr), v["right_way"], _Raw("[" + ", ".join(_num(x, 2) for x in v["interval"]) + "]"),
-                    v["n"]] for attr, v in paired.items()]
+                    shift(v), v["n"]] for attr, v in paired.items()]
     fd = ev["frechet"]
     fd_rows = [[_text("generated vs real"), fd["generated_vs_real"]],
                [_text("real → mel → vocoder vs real"), fd["resynthesized_real_vs_real"]],
@@ -203,9 +209,10 @@ def t2s_section(results: dict[str, Any], media: Media) -> str:
              f"guidance {ev['guidance']}, audio through {_esc(ev['audio'])}. Captions are <b>held-out attribute "
              "combinations</b>: never heard in training. Attributes are measured back from the waveform.</p>",
              _table(head, rows, f"caption adherence (accuracy), {adh['generated']['n']} held-out captions"),
-             _table(["attribute", "right way", "95% interval", "pairs"], paired_rows,
+             _table(["attribute", "right way", "95% interval", "octaves moved [95%]", "pairs"], paired_rows,
                     "paired one-word test: the same seed with 'low' and 'high' in the caption; how often the "
-                    "measured pitch moves the right way (chance 0.5)") if paired_rows else "",
+                    "measured pitch moves the right way (chance 0.5), and how far (0 for a model that ignores "
+                    "the word)") if paired_rows else "",
              _table(["", "Fréchet distance ↓"], fd_rows,
                     f"in-domain classifier features, N = {fd['n']} (small N inflates every value)"),
              f"<p>VAE reconstruction log-mel L1 on these clips: {_num(ev['vae_logmel_l1'])}.</p>",

@@ -53,6 +53,11 @@ def _text(x: Any) -> _Raw:
     return _Raw(_esc(x))
 
 
+def _interval(bounds: Sequence[Any]) -> _Raw:
+    """A 95% interval cell: "[lo, hi]" to 2 digits."""
+    return _Raw("[" + ", ".join(_num(x, 2) for x in bounds) + "]")
+
+
 def svg_curves(curves: dict[str, list[tuple[int, float]]], width: int = 560, height: int = 220) -> str:
     """Inline SVG line chart of {name: [(step, value)]} (log scale in y when every value is positive)."""
     series = {k: v for k, v in curves.items() if v}
@@ -188,17 +193,16 @@ def t2s_section(results: dict[str, Any], media: Media) -> str:
     interval = (adh.get("stats") or {}).get("generated", {}).get("interval", {})
     if interval:
         rows.insert(1, [_text("generated, 95% interval"), _Raw(""),
-                        *[_Raw("[" + ", ".join(_num(x, 2) for x in interval[a]) + "]") if a in interval else None
+                        *[_interval(interval[a]) if a in interval else None
                           for a in attrs]])
     paired = ev.get("paired") or {}
+
     def shift(v: dict[str, Any]) -> Any:  # the mean pitch move in octaves, with its interval (older runs: none)
         o = v.get("octaves") or {}
-        if not o.get("measured"):
-            return None
-        return _Raw(f"{_num(o['mean'], 2)} [" + ", ".join(_num(x, 2) for x in o["interval"]) + "]")
+        return _Raw(f"{_num(o['mean'], 2)} {_interval(o['interval'])}") if o.get("measured") else None
 
-    paired_rows = [[_text(attr), v["right_way"], _Raw("[" + ", ".join(_num(x, 2) for x in v["interval"]) + "]"),
-                    shift(v), v["n"]] for attr, v in paired.items()]
+    paired_rows = [[_text(attr), v["right_way"], _interval(v["interval"]), shift(v), v["n"]]
+                   for attr, v in paired.items()]
     fd = ev["frechet"]
     fd_rows = [[_text("generated vs real"), fd["generated_vs_real"]],
                [_text("real → mel → vocoder vs real"), fd["resynthesized_real_vs_real"]],

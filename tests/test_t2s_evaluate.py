@@ -19,6 +19,7 @@ from audiodiff.t2s.cli import main
 from audiodiff.t2s.evaluate import (
     ATTRIBUTES,
     adherence_report,
+    confusion,
     expected_chance,
     frechet_distance,
     octave_shift,
@@ -189,6 +190,12 @@ def test_wilson_interval_known_values_and_properties():
     assert wilson_interval(5, 10) == pytest.approx((1 - wilson_interval(5, 10)[1], 1 - wilson_interval(5, 10)[0]))
     w24, w96 = wilson_interval(12, 24), wilson_interval(48, 96)
     assert w96[1] - w96[0] < 0.6 * (w24[1] - w24[0])  # 4x the rows: about half the width
+
+
+def test_confusion_counts_each_target_measured_pair():
+    pairs = [("1", "1"), ("1", "2"), ("3", "None"), ("1", "2")]
+    assert confusion(pairs) == {"1": {"1": 1, "2": 2}, "3": {"None": 1}}
+    assert sum(sum(r.values()) for r in confusion(pairs).values()) == len(pairs)
 
 
 def test_expected_chance_is_the_independence_baseline():

@@ -139,7 +139,18 @@ def score_clips(waves: Sequence[np.ndarray], rows: Sequence[dict[str, Any]], sam
         details["interval"] = {k: list(wilson_interval(int(sum(v)), len(v))) for k, v in sorted(hits.items())}
         details["interval"]["all_correct"] = list(wilson_interval(int(sum(alls)), len(alls)))
         details["chance_expected"] = {k: expected_chance(v) for k, v in sorted(pairs.items())}
+        details["confusion"] = {k: confusion(v) for k, v in sorted(pairs.items())}
     return out
+
+
+def confusion(pairs: Sequence[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    """How often each target label was measured as each label: ``{target: {measured: count}}`` ("None":
+    the attribute could not be measured), so a low accuracy says which way the generations go wrong."""
+    out: dict[str, dict[str, int]] = {}
+    for t, m in pairs:
+        out.setdefault(t, {})
+        out[t][m] = out[t].get(m, 0) + 1
+    return {t: dict(sorted(row.items())) for t, row in sorted(out.items())}
 
 
 def expected_chance(pairs: Sequence[tuple[str, str]]) -> float:

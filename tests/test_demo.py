@@ -92,6 +92,10 @@ def test_smoke_report_numbers_are_sane(smoke):
         assert len(train) >= 2 and all(_finite(v) for _, v in train), name
     page = (smoke / "report" / "index.html").read_text()
     assert "<audio" in page and "<svg" in page and "Griffin-Lim" in page and "held-out" in page
+    # every generated clip is counted once in each attribute's confusion table, under its caption's label
+    gen = ev["adherence"]["stats"]["generated"]
+    assert sum(sum(r.values()) for r in gen["confusion"]["count"].values()) == gen["counts"]["count"][1]
+    assert "count: caption ↓, measured →" in page
 
 
 def test_second_run_reuses_every_stage(smoke, tiny_data_root):

@@ -196,6 +196,8 @@ def t2s_section(results: dict[str, Any], media: Media) -> str:
                         *[_interval(interval[a]) if a in interval else None
                           for a in attrs]])
     paired = ev.get("paired") or {}
+    confusion = (adh.get("stats") or {}).get("generated", {}).get("confusion") or {}  # older runs: none
+    confusion_tables = "".join(_confusion_table(a, confusion[a]) for a in attrs if a in confusion)
 
     def shift(v: dict[str, Any]) -> Any:  # the mean pitch move in octaves, with its interval (older runs: none)
         o = v.get("octaves") or {}
@@ -213,6 +215,8 @@ def t2s_section(results: dict[str, Any], media: Media) -> str:
              f"guidance {ev['guidance']}, audio through {_esc(ev['audio'])}. Captions are <b>held-out attribute "
              "combinations</b>: never heard in training. Attributes are measured back from the waveform.</p>",
              _table(head, rows, f"caption adherence (accuracy), {adh['generated']['n']} held-out captions"),
+             (f"<details><summary>which way the generated clips go wrong: measured label by caption label"
+              f"</summary>{confusion_tables}</details>" if confusion_tables else ""),
              _table(["attribute", "right way", "95% interval", "octaves moved [95%]", "pairs"], paired_rows,
                     "paired one-word test: the same seed with 'low' and 'high' in the caption; how often the "
                     "measured pitch moves the right way (chance 0.5), and how far (0 for a model that ignores "
@@ -231,6 +235,14 @@ def t2s_section(results: dict[str, Any], media: Media) -> str:
             parts.append(f"<div class='cell'><p>“{_esc(caption)}”</p>{media.add(wav, f'sound_{i}')}</div>")
     parts.append("</div></section>")
     return "".join(parts)
+
+
+def _confusion_table(attr: str, rows: dict[str, dict[str, int]]) -> str:
+    """One attribute's confusion counts: a row per caption label, a column per measured label ("None": the
+    attribute could not be measured from the clip)."""
+    measured = sorted({m for r in rows.values() for m in r}, key=lambda m: (m == "None", m))
+    body = [[_text(t), *[r.get(m, 0) for m in measured]] for t, r in rows.items()]
+    return _table([f"{attr}: caption ↓, measured →", *measured], body)
 
 
 def _backend_note(b: dict[str, Any] | None) -> str:

@@ -20,6 +20,7 @@ from diffcore.discrete import (
     LinearNoiseMasking,
     LogLinearMasking,
     PolynomialMasking,
+    block_times,
     factorized_entropy,
     factorized_logits_fn,
     filter_logits,
@@ -184,6 +185,31 @@ def test_nelbo_of_exact_denoiser_is_the_entropy_and_wrong_denoisers_pay_their_kl
         assert kl > 0.02
         assert float(excess.mean()) > 0
         assert abs(float(excess.mean()) - (1 - 1e-3) * kl) < 4 * float(excess.std()) / math.sqrt(n)
+
+
+def test_nelbo_with_one_time_per_block_is_still_the_entropy():
+    # Block diffusion: each block of 8 positions has its own t. For an exact factorised denoiser each
+    # position's term still averages to (1 - eps) H_l; a weight taken from the wrong block's time (or the
+    # window's first time) would not.
+    length, n = 32, 4096
+    pi = make_pi(length, seed=5)
+    sch = LogLinearMasking(eps=1e-3)
+    x0 = sample_factorized(pi, n, torch.Generator().manual_seed(0))
+    t = block_times(n, length, 8, generator=torch.Generator().manual_seed(2))
+    assert t.shape == (n, length) and float(t.min()) >= 1e-3 and float(t.max()) <= 1.0
+    assert torch.equal(t[:, :8], t[:, :1].expand(n, 8)) and not torch.equal(t[:, 0], t[:, 8])
+    vals = masked_nelbo(factorized_logits_fn(pi), x0, sch, MASK, t=t, reduce=False,
+                        generator=torch.Generator().manual_seed(1)).double()
+    target = float(factorized_entropy(pi).mean()) * (1 - 1e-3)
+    assert abs(float(vals.mean()) - target) < 4 * float(vals.std()) / math.sqrt(n)
+    # a per-window time (B,) and the same time repeated along the window (B, L) are the same estimate
+    t1 = torch.rand(n, generator=torch.Generator().manual_seed(3)) * 0.999 + 1e-3
+    a = masked_nelbo(factorized_logits_fn(pi), x0, sch, MASK, t=t1, generator=torch.Generator().manual_seed(4))
+    b = masked_nelbo(factorized_logits_fn(pi), x0, sch, MASK, t=t1[:, None].expand(n, length),
+                     generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(a, b, rtol=1e-6)
+    with pytest.raises(ValueError, match="one time per position"):
+        masked_nelbo(factorized_logits_fn(pi), x0, sch, MASK, t=t[:, :4])
 
 
 def test_nelbo_loss_mask_and_fixed_positions():

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from diffcore.discrete import LogLinearMasking, mask_tokens, masked_nelbo, subs_log_probs
+from diffcore.discrete import LogLinearMasking, mask_tokens, masked_nelbo, sample_masked_blocks, subs_log_probs
 from diffcore.losses import sample_t
 from textdiff import cli, inference
 from textdiff.evaluate import (
@@ -35,7 +35,7 @@ from textdiff.evaluate import (
     window_characters,
 )
 from textdiff.inference import TextGenerator, parse_infill, prompt_canvas, sample_autoregressive
-from textdiff.model import KVCache, TransformerNet
+from textdiff.model import KVCache, TransformerNet, diffusion_nelbo
 from textdiff.module import ARModule, ContiguousWindows, MaskedDiffusionModule, RandomWindows, TokenDataModule, ar_nll
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*does not have many workers", "ignore:.*LeafSpec.*is deprecated",
@@ -560,3 +560,73 @@ def test_evaluate_pair_sampler_options_and_comparison(tmp_path, monkeypatch, cap
     out = json.loads((tmp_path / "e.json").read_text())
     assert out["samples"][0]["entropy"] == greedy["samples"][0]["entropy"] and len(out["samplers"]) == len(rows)
     assert "distinct4" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------------
+# block diffusion (BD3-LM)
+
+
+def test_block_net_sees_its_own_noisy_block_and_only_the_clean_past():
+    net = make_net(dtype=torch.float64, block_size=4)
+    x0, z = rand_tokens(2, 16, seed=1), rand_tokens(2, 16, seed=2)
+    base = net(z, clean=x0)
+    for pos in range(16):
+        b = pos // 4
+        z2 = z.clone()
+        z2[:, pos] = (z2[:, pos] + 1) % V
+        changed = ~torch.isclose(net(z2, clean=x0), base).all(-1).all(0)  # (L,) positions whose logits moved
+        assert changed.nonzero().squeeze(1).tolist() == list(range(4 * b, 4 * b + 4))  # its block only
+        x2 = x0.clone()
+        x2[:, pos] = (x2[:, pos] + 1) % V
+        changed = ~torch.isclose(net(z, clean=x2), base).all(-1).all(0)
+        assert changed.nonzero().squeeze(1).tolist() == list(range(4 * b + 4, 16))  # every later block
+    # one block as long as the window is the plain bidirectional (MDLM) net with the same weights
+    whole, plain = make_net(dtype=torch.float64, block_size=16), make_net(dtype=torch.float64)
+    assert torch.allclose(whole(z, clean=x0), plain(z), atol=1e-12)
+    with pytest.raises(ValueError, match="causal=False"):
+        make_net(causal=True, block_size=4)
+    with pytest.raises(ValueError, match="block diffusion"):
+        plain(z, clean=x0)
+
+
+def test_block_size_one_bound_is_the_nets_own_autoregressive_likelihood():
+    # Blocks of one token: the block NELBO's expectation is (1 - eps) * sum_l -log p(x_l | x_<l), each
+    # term read from the all-masked noisy stream beside the clean past. A per-window time (the MDLM
+    # bound) or a wrong mask would give another value.
+    net = make_net(dtype=torch.float64, block_size=1)
+    x0 = rand_tokens(4, 12, seed=5)
+    with torch.no_grad():
+        logp = torch.log_softmax(net(torch.full_like(x0, V), clean=x0)[..., :V], -1)
+    exact = -logp.gather(-1, x0[..., None])[..., 0].mean() * (1 - 1e-3)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        draws = torch.stack([diffusion_nelbo(net, x0, LogLinearMasking(), generator=g) for _ in range(2000)])
+    se = float(draws.std()) / math.sqrt(len(draws))
+    assert abs(float(draws.mean()) - float(exact)) < 4 * se, (float(draws.mean()), float(exact), se)
+
+
+def test_block_model_trains_evaluates_and_samples_block_by_block(tmp_path):
+    net = make_net(block_size=8)
+    module = MaskedDiffusionModule(net, ema_decay=None)
+    x0 = rand_tokens(4, 24, seed=6)
+    loss = module.compute_loss(x0, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and net.embed.weight.grad.abs().sum() > 0
+    res = diffusion_bound(net, [x0], n_t=2)
+    assert math.isfinite(res["nll"]) and res["tokens"] == x0.numel()
+    gen = TextGenerator(net, TOK, "diffusion")
+    gen2 = TextGenerator.from_pretrained(gen.save_pretrained(tmp_path / "m"), tokenizer=TOK)
+    assert gen2.net.block_size == 8
+    # sampling fills the blocks left to right: the first block is done before the second one starts
+    canvas = prompt_canvas(TOK, "to be", 24, net.mask_id)
+    seen = []
+    out = gen2.fill(canvas, 3, steps=12, seed=0, return_stats=True)[0]
+    assert torch.equal(out[:, :5], canvas.tokens[:5].expand(3, -1)) and not (out == net.mask_id).any()
+    sample_masked_blocks(gen2.logits_fn(), canvas.tokens[None].clone(), 12, gen2.schedule, net.mask_id,
+                         block_size=8, callback=lambda info: seen.append((info["block"], info["z"].clone())))
+    for block, z in seen:
+        assert not (z[:, :8 * block] == net.mask_id).any() and (z[:, 8 * (block + 1):] == net.mask_id).all()
+    assert torch.equal(gen2.fill(canvas, 2, steps=12, seed=1), gen2.fill(canvas, 2, steps=12, seed=1,
+                                                                           block_size=8))
+    with pytest.raises(ValueError, match="blocks of 8"):
+        gen2.fill(canvas, 1, steps=12, block_size=5)

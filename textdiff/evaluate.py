@@ -24,11 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffcore.discrete import LogLinearMasking, MaskingSchedule, masked_nelbo
-from diffcore.losses import sample_t
+from diffcore.discrete import LogLinearMasking, MaskingSchedule
 
 from .inference import TextGenerator, prompt_canvas
-from .model import TransformerNet, ar_nll
+from .model import TransformerNet, ar_nll, diffusion_nelbo
 
 
 def _sync(device: torch.device) -> None:
@@ -41,7 +40,8 @@ def diffusion_bound(net: TransformerNet, windows: Iterable[Tensor], schedule: Ma
                     n_t: int = 4, seed: int = 0, t_min: float = 1e-3) -> dict[str, float]:
     """NELBO of a masked diffusion net on batches of windows (B, L): nats/token, perplexity bound, SE.
 
-    Each batch is evaluated ``n_t`` times with stratified t in [``t_min``, 1] (one t per window), from a
+    Each batch is evaluated ``n_t`` times with stratified t in [``t_min``, 1] (one t per window, or per block
+    for a block-diffusion net: ``textdiff.model.diffusion_nelbo``), from a
     generator seeded with ``seed``, so the figure is reproducible. The output layer runs only at the
     masked positions (``masked_nelbo``'s ``logits_at``), the same value as full logits at a fraction of
     the cost. ``t_min``: the integral's [0, t_min) part is left out (with a log-linear schedule it is about
@@ -53,16 +53,12 @@ def diffusion_bound(net: TransformerNet, windows: Iterable[Tensor], schedule: Ma
     schedule = schedule or LogLinearMasking()
     device = next(net.parameters()).device
     g = torch.Generator(device).manual_seed(seed)
-    use_t = net.time_conditioning
-    fn = lambda z, t: net(z, t if use_t else None)  # noqa: E731
-    at = lambda z, t, positions: net(z, t if use_t else None, positions=positions)  # noqa: E731
     totals = torch.zeros(n_t, dtype=torch.float64)
     n_tokens = 0
     for x in windows:
         x = x.to(device).long()
         for k in range(n_t):
-            t = sample_t(x.shape[0], "stratified", t_min=t_min, generator=g, device=device)
-            per_window = masked_nelbo(fn, x, schedule, net.mask_id, t=t, generator=g, reduce=False, logits_at=at)
+            per_window = diffusion_nelbo(net, x, schedule, t_min=t_min, generator=g, reduce=False)
             totals[k] += float(per_window.double().sum()) * x.shape[1]
         n_tokens += x.numel()
     if n_tokens == 0:

@@ -317,6 +317,12 @@ class TextGenerator:
         kw = {"method": method, "temperature": temperature, "top_k": top_k, "top_p": top_p, "generator": g,
               "cache": cache, "time_conditioned": self.net.time_conditioning, "return_stats": True}
         fn = self.logits_fn(canvas.no_eot)
+        trained = self.net.block_size
+        if trained is not None:  # a block-diffusion net sees only decoded blocks as its past: blocks in order
+            if block_size and trained % block_size:
+                raise ValueError(f"this model was trained on blocks of {trained} tokens: sample with blocks of "
+                                 f"{trained} or a divisor of it (--block-size), or leave the block size out")
+            block_size = block_size or trained
         if block_size:
             out, stats = sample_masked_blocks(fn, z, steps, self.schedule, self.net.mask_id, block_size=block_size,
                                               **kw)
@@ -338,7 +344,8 @@ class TextGenerator:
                stop_at_eot: bool = True) -> list[str]:
         """Generate ``n`` texts of up to ``length`` tokens (default: the training length), the prompt
         included, with ``steps`` denoising steps (default: one per generated token; ignored by the AR
-        twin). ``block_size`` decodes semi-autoregressively; ``method`` "confidence" is LLaDA's
+        twin). ``block_size`` decodes semi-autoregressively (a block-diffusion model always does, in its own
+        blocks unless given a divisor of them); ``method`` "confidence" is LLaDA's
         low-confidence remasking. Returns the texts (the prompt included), cut at end-of-text."""
         canvas = prompt_canvas(self.tokenizer, prompt, length or self.net.max_len, self.net.mask_id)
         tokens = self.fill(canvas, n, steps=steps, method=method, block_size=block_size, temperature=temperature,
@@ -348,7 +355,8 @@ class TextGenerator:
     def infill(self, template: str, n: int = 1, *, steps: int | None = None, method: Method = "ancestral",
                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                seed: int | None = None, stop_at_eot: bool = True) -> list[str]:
-        """Fill the ``[MASK:N]`` slots of ``template`` (module docstring); returns ``n`` texts."""
+        """Fill the ``[MASK:N]`` slots of ``template`` (module docstring); returns ``n`` texts. A block-diffusion
+        model fills its blocks left to right and sees fixed text only up to the end of the block it fills."""
         if self.kind == "ar":
             raise ValueError("the autoregressive twin cannot infill; load a masked diffusion model")
         canvas = parse_infill(template, self.tokenizer, self.net.mask_id)

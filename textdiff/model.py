@@ -20,6 +20,14 @@ device has them; no flash-attn dependency), a GELU MLP, tied input/output embedd
 With ``time_conditioning=True`` each block's norms are modulated by an embedding of t (adaptive
 LayerNorm, as in SEDD's DiT blocks); MDLM found the masked model does not need it, so it is off by
 default, which also lets the sampler reuse network outputs between steps where nothing changed.
+
+Block diffusion (``block_size``; BD3-LM, Arriola et al. 2025): the window is cut into blocks of
+``block_size`` tokens; the net reads the noisy window and a clean copy side by side (2L tokens, one
+attention pass). A noisy token sees its own block's noisy tokens and the clean tokens of earlier blocks;
+a clean token sees the clean tokens of its own and earlier blocks. So each block is denoised given the
+clean past only: autoregressive over blocks, masked diffusion within one (block size 1 is an AR model,
+block size L is MDLM). In sampling the clean copy is the sequence itself, whose earlier blocks are
+already decoded (``textdiff.inference`` fills blocks left to right).
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffcore.discrete import MaskingSchedule, block_times, masked_nelbo
+from diffcore.losses import TimeSampling, sample_t
 from diffcore.nn import NoiseLevelEmbedding
 from diffcore.pretrained import PretrainedMixin, capture_config
 
@@ -84,11 +94,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None, layer: int) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None, layer: int,
+                mask: Tensor | None = None) -> Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, D)
         q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-        mask, is_causal = None, self.causal
+        is_causal = self.causal and mask is None
         if cache is not None:
             start = cache.pos
             k, v = cache.update(layer, k, v)
@@ -119,12 +130,12 @@ class Block(nn.Module):
         self.ada = nn.Linear(dim, 4 * dim) if conditioned else None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, c: Tensor | None, cache: KVCache | None,
-                layer: int) -> Tensor:
+                layer: int, mask: Tensor | None = None) -> Tensor:
         h1, h2 = self.norm1(x), None
         if self.ada is not None and c is not None:
             shift1, scale1, shift2, scale2 = self.ada(c)[:, None].chunk(4, dim=-1)
             h1 = h1 * (1 + scale1) + shift1
-        x = x + self.drop(self.attn(h1, cos, sin, cache, layer))
+        x = x + self.drop(self.attn(h1, cos, sin, cache, layer, mask))
         h2 = self.norm2(x)
         if self.ada is not None and c is not None:
             h2 = h2 * (1 + scale2) + shift2
@@ -146,15 +157,25 @@ class TransformerNet(PretrainedMixin, nn.Module):
         dropout: dropout on attention weights and residual branches.
         rope_base: RoPE frequency base.
         pad_multiple: round the embedding table's rows (V + 1) up to a multiple of this.
+        block_size: block diffusion (module docstring): each block of this many tokens is denoised given
+            the clean earlier blocks. None (default): one block, plain masked diffusion or the AR twin.
     """
 
     def __init__(self, vocab_size: int = 50257, dim: int = 128, depth: int = 4, heads: int = 4,
                  mlp_ratio: float = 4.0, max_len: int = 128, causal: bool = False, time_conditioning: bool = False,
-                 tie_weights: bool = True, dropout: float = 0.0, rope_base: float = 10000.0, pad_multiple: int = 64):
+                 tie_weights: bool = True, dropout: float = 0.0, rope_base: float = 10000.0, pad_multiple: int = 64,
+                 block_size: int | None = None):
         super().__init__()
         self.config = capture_config(locals())
         if vocab_size < 1 or dim < 1 or depth < 1 or heads < 1 or max_len < 1 or pad_multiple < 1:
             raise ValueError("vocab_size, dim, depth, heads, max_len and pad_multiple must be positive")
+        if block_size is not None:
+            if block_size < 1:
+                raise ValueError(f"block_size must be >= 1, got {block_size}")
+            if causal or time_conditioning:
+                raise ValueError("block diffusion (block_size) needs causal=False and time_conditioning=False: "
+                                 "the blocks already order the sequence, and blocks have different times")
+        self.block_size = block_size
         if dim % heads or (dim // heads) % 2:
             raise ValueError(f"dim ({dim}) must be a multiple of heads ({heads}) with an even head dim (RoPE)")
         self.vocab_size, self.dim, self.depth, self.heads = vocab_size, dim, depth, heads
@@ -207,7 +228,7 @@ class TransformerNet(PretrainedMixin, nn.Module):
         return 6.0 * n + 12.0 * self.depth * self.dim * seq_len
 
     def forward(self, x: Tensor, t: Tensor | None = None, *, cache: KVCache | None = None,
-                positions: Tensor | None = None) -> Tensor:
+                positions: Tensor | None = None, clean: Tensor | None = None) -> Tensor:
         """Logits (B, T, V + 1) for token ids x (B, T); column V (mask/BOS) is always -inf.
 
         Args:
@@ -218,6 +239,8 @@ class TransformerNet(PretrainedMixin, nn.Module):
             positions: optional bool (B, T): return logits (N, V + 1) for only these positions, in
                 row-major order. The output projection is most of a small model's cost (V = 50,257), and
                 the masked-diffusion loss needs it only where tokens are masked.
+            clean: block diffusion only: the clean tokens (B, T) that later blocks see as their past (the
+                data x0 in training); default x itself, which is right when x's earlier blocks are decoded.
         """
         if x.ndim != 2:
             raise ValueError(f"x must be (batch, length) token ids, got shape {tuple(x.shape)}")
@@ -231,12 +254,24 @@ class TransformerNet(PretrainedMixin, nn.Module):
         pos = torch.arange(start, start + n, device=x.device, dtype=torch.float32)
         angles = pos[:, None] * self.inv_freq[None, :]  # (T, D/2)
         cos, sin = angles.cos(), angles.sin()
+        mask = None
+        if self.block_size is not None:
+            if cache is not None:
+                raise ValueError("a block-diffusion net takes no KV cache")
+            clean = x if clean is None else clean
+            if clean.shape != x.shape:
+                raise ValueError(f"clean must have the shape of x {tuple(x.shape)}, got {tuple(clean.shape)}")
+            x = torch.cat([x, clean], dim=1)  # (B, 2T): noisy, then clean, at the same positions
+            cos, sin = cos.repeat(2, 1), sin.repeat(2, 1)
+            mask = block_attention_mask(n, self.block_size, x.device)
+        elif clean is not None:
+            raise ValueError("clean is for block diffusion nets (block_size)")
         h = self.embed(x)
         for i, block in enumerate(self.blocks):
-            h = block(h, cos, sin, c, cache, i)
+            h = block(h, cos, sin, c, cache, i, mask)
         if cache is not None:
             cache.pos += n
-        h = self.norm(h)
+        h = self.norm(h[:, :n])
         if positions is not None:
             if positions.shape != (b, n):
                 raise ValueError(f"positions must be a bool mask of shape {(b, n)}, got {tuple(positions.shape)}")
@@ -245,6 +280,20 @@ class TransformerNet(PretrainedMixin, nn.Module):
         logits = F.linear(h, weight)
         logits[..., self.mask_id] = float("-inf")  # never predict mask/BOS (SUBS: zero masking probabilities)
         return logits
+
+
+def block_attention_mask(length: int, block_size: int, device: torch.device | str | None = None) -> Tensor:
+    """Which of the 2L tokens [noisy, clean] each attends to (2L, 2L) bool, for block diffusion.
+
+    Noisy token i (block b_i) sees noisy tokens of block b_i and clean tokens of blocks < b_i; clean
+    token i sees clean tokens of blocks <= b_i. Every token sees itself, so no row is empty.
+    """
+    b = torch.arange(length, device=device) // block_size
+    same = b[:, None] == b[None, :]
+    before = b[:, None] > b[None, :]
+    top = torch.cat([same, before], dim=1)  # noisy queries: [noisy keys, clean keys]
+    bottom = torch.cat([torch.zeros_like(same), same | before], dim=1)  # clean queries
+    return torch.cat([top, bottom], dim=0)
 
 
 def ar_nll(net: torch.nn.Module, x: Tensor, bos_id: int, reduce: bool = True) -> Tensor:
@@ -257,3 +306,33 @@ def ar_nll(net: torch.nn.Module, x: Tensor, bos_id: int, reduce: bool = True) ->
     logits = net(torch.cat([bos, x[:, :-1]], dim=1))
     nll = F.cross_entropy(logits.flatten(0, 1).float(), x.flatten(), reduction="none").view_as(x)
     return nll.mean() if reduce else nll.mean(1)
+
+
+def draw_times(net: TransformerNet, x0: Tensor, method: TimeSampling = "stratified", *, t_min: float = 1e-3,
+               generator: torch.Generator | None = None) -> Tensor:
+    """Diffusion times for windows x0 (B, L) in [t_min, 1]: one per window (B,), or for a block-diffusion
+    net one per block, repeated over its positions (B, L)."""
+    if net.block_size is None:
+        return sample_t(x0.shape[0], method, t_min=t_min, generator=generator, device=x0.device)
+    return block_times(x0.shape[0], x0.shape[1], net.block_size, method, t_min=t_min, generator=generator,
+                       device=x0.device)
+
+
+def diffusion_nelbo(net: TransformerNet, x0: Tensor, schedule: MaskingSchedule, *,
+                    time_sampling: TimeSampling = "stratified", t_min: float = 1e-3,
+                    generator: torch.Generator | None = None, reduce: bool = True,
+                    run: torch.nn.Module | None = None) -> Tensor:
+    """One Monte-Carlo draw of a masked-diffusion net's NELBO on windows x0 (B, L), nats per token.
+
+    ``diffcore.discrete.masked_nelbo`` with the output layer run only at masked positions; for a block
+    net each block gets its own time (``draw_times``) and sees the clean x0 of earlier blocks, which makes
+    the value a bound on the same -log p(x0) (sum over blocks of each block's bound). ``run``: the module
+    to call instead of ``net`` (a ``torch.compile``d wrapper of it). ``reduce=False``: per-window values (B,).
+    """
+    run = run if run is not None else net
+    t = draw_times(net, x0, time_sampling, t_min=t_min, generator=generator)
+    use_t = net.time_conditioning
+    kw = {"clean": x0} if net.block_size is not None else {}
+    fn = lambda z, tt: run(z, tt if use_t else None, **kw)  # noqa: E731
+    at = lambda z, tt, positions: run(z, tt if use_t else None, positions=positions, **kw)  # noqa: E731
+    return masked_nelbo(fn, x0, schedule, net.mask_id, t=t, generator=generator, reduce=reduce, logits_at=at)

@@ -45,14 +45,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from diffcore.data import dataset_dir
-from diffcore.discrete import LogLinearMasking, MaskingSchedule, mask_tokens, masked_nelbo, masking_from_config
+from diffcore.discrete import LogLinearMasking, MaskingSchedule, mask_tokens, masking_from_config
 from diffcore.discrete.process import masked_position_log_probs
 from diffcore.lightning import DiffusionModule, load_net, read_checkpoint
-from diffcore.losses import TimeSampling, sample_t
+from diffcore.losses import TimeSampling
 
 from .data.loaders import open_tokens
 from .data.windows import ContiguousWindows, RandomWindows, check_tokens
-from .model import TransformerNet, ar_nll
+from .model import TransformerNet, ar_nll, diffusion_nelbo, draw_times
 
 
 def batch_tokens(batch: Any) -> Tensor:
@@ -141,28 +141,29 @@ class MaskedDiffusionModule(TextModule):
         self.train_loss = train_loss
 
     def logits_fn(self, z_t: Tensor, t: Tensor) -> Tensor:
-        """``diffcore.discrete``'s ``logits_fn(z_t, t)`` for the training net."""
+        """``diffcore.discrete``'s ``logits_fn(z_t, t)`` for the training net (a block net's clean past is z_t)."""
         return self.run_net(z_t, t if self.net.time_conditioning else None)
 
     def logits_at(self, z_t: Tensor, t: Tensor, positions: Tensor) -> Tensor:
-        """Logits at the selected positions only (``masked_nelbo``'s ``logits_at``): the output layer runs
-        where the loss needs it, the masked tokens, which saves most of its cost at low mask rates."""
+        """Logits at the selected positions only (``masked_nelbo``'s ``logits_at``)."""
         return self.run_net(z_t, t if self.net.time_conditioning else None, positions=positions)
 
     def compute_loss(self, batch: Any, generator: torch.Generator | None = None) -> Tensor:
         x0 = batch_tokens(batch)
-        t = sample_t(x0.shape[0], self.time_sampling, t_min=self.t_min, generator=generator, device=x0.device)
         if self.training and self.train_loss == "masked_mean":
-            return self.masked_mean_loss(x0, t, generator)
-        return masked_nelbo(self.logits_fn, x0, self.schedule, self.net.mask_id, t=t, generator=generator,
-                            logits_at=self.logits_at)
+            return self.masked_mean_loss(x0, generator)
+        return diffusion_nelbo(self.net, x0, self.schedule, time_sampling=self.time_sampling, t_min=self.t_min,
+                               generator=generator, run=self.run_net)
 
-    def masked_mean_loss(self, x0: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def masked_mean_loss(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Mean over windows of the cross-entropy averaged over each window's masked tokens (0 if none)."""
+        t = draw_times(self.net, x0, self.time_sampling, t_min=self.t_min, generator=generator)
         alpha, _ = self.schedule(t.to(torch.float64))
         z_t = mask_tokens(x0, alpha, self.net.mask_id, generator=generator)
         active = z_t == self.net.mask_id
-        logp = masked_position_log_probs(self.logits_at(z_t, t, active), self.net.mask_id)
+        kw = {"clean": x0} if self.net.block_size is not None else {}
+        logits = self.run_net(z_t, t if self.net.time_conditioning else None, positions=active, **kw)
+        logp = masked_position_log_probs(logits, self.net.mask_id)
         nll = -logp.gather(-1, x0[active].unsqueeze(-1)).squeeze(-1)
         rows = active.nonzero()[:, 0]
         per_window = torch.zeros(x0.shape[0], dtype=nll.dtype, device=x0.device).index_add(0, rows, nll)

@@ -9,7 +9,7 @@ probability that a token is still unmasked at time t.
     z = sample_masked(model, torch.full((B, L), mask_id), 128, schedule, mask_id)
 """
 
-from .losses import masked_nelbo
+from .losses import block_times, masked_nelbo
 from .process import check_mask_id, mask_tokens, subs_log_probs
 from .samplers import SamplingStats, draw_tokens, filter_logits, sample_categorical, sample_masked, sample_masked_blocks
 from .schedules import (
@@ -29,7 +29,7 @@ __all__ = [
     "MaskingSchedule", "LogLinearMasking", "LinearMasking", "CosineMasking", "PolynomialMasking",
     "LinearNoiseMasking", "masking_from_config",
     "mask_tokens", "subs_log_probs", "check_mask_id",
-    "masked_nelbo",
+    "masked_nelbo", "block_times",
     "sample_masked", "SamplingStats", "filter_logits", "sample_categorical",
     "factorized_logits_fn", "factorized_entropy", "sample_factorized",
 ]

@@ -7,6 +7,11 @@ For the absorbing process with keep probability alpha_t and the SUBS parameteris
 with w(t) = -alpha'(t) / (1 - alpha(t)). A position is masked with probability 1 - alpha_t, so
 for a denoiser that is exact on a factorised distribution the bound integrates to
 (alpha_0 - alpha_1) * sum_l H(x0^l): the data entropy, up to the eps floor of the schedule.
+
+Block diffusion (BD3-LM, Arriola et al. 2025) cuts the sequence into blocks, each with its own time:
+-log p(x0) = sum_b -log p(x0^b | x0^{<b}) <= sum_b NELBO_b, each term a masked-diffusion bound of one
+block given the clean blocks before it. ``masked_nelbo`` takes one time per position for this
+(``block_times``: constant within a block), and the network is what sees only earlier blocks clean.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ def masked_nelbo(logits_fn: LogitsFn, x0: Tensor, schedule: MaskingSchedule, mas
 
     Args:
         x0: clean tokens (B, L); must not contain ``mask_id`` at loss positions.
-        t: times (B,) in (0, 1]; sampled with ``time_sampling`` if None.
+        t: times (B,) in (0, 1], or one time per position (B, L) (block diffusion: ``block_times``; the
+            network then gets the (B, L) times); sampled with ``time_sampling`` if None.
         loss_mask: optional bool (B, L), False at padding; those positions get no loss and do not
             count as tokens (they may still be masked and seen by the network).
         fixed: optional bool (B, L) of positions never masked and not counted (a prompt, as in
@@ -56,10 +62,12 @@ def masked_nelbo(logits_fn: LogitsFn, x0: Tensor, schedule: MaskingSchedule, mas
     b = x0.shape[0]
     if t is None:
         t = sample_t(b, time_sampling, generator=generator, device=x0.device)
-    if t.shape != (b,):
-        raise ValueError(f"t must have shape ({b},), got {tuple(t.shape)}")
+    if t.shape not in ((b,), tuple(x0.shape)):
+        raise ValueError(f"t must have shape ({b},) or {tuple(x0.shape)} (one time per position), got {tuple(t.shape)}")
     t64 = t.to(torch.float64)
     alpha, _ = schedule(t64)
+    # w(t) per position (B, L): a per-window time is broadcast along the window
+    weight = schedule.weight(t64 if t.ndim == 2 else t64[:, None]).expand(x0.shape)
     z_t = mask_tokens(x0, alpha, mask_id, generator=generator, fixed=fixed)
 
     counted = torch.ones_like(x0, dtype=torch.bool)
@@ -74,7 +82,7 @@ def masked_nelbo(logits_fn: LogitsFn, x0: Tensor, schedule: MaskingSchedule, mas
     if logits_at is None:
         logp = subs_log_probs(logits_fn(z_t, t.to(torch.float32)), z_t, mask_id)
         nll = -logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1)  # (B, L)
-        nll_sum = torch.where(active, nll, torch.zeros_like(nll)).sum(1)
+        weighted = torch.where(active, weight.to(nll.dtype) * nll, torch.zeros_like(nll)).sum(1)
     else:
         logits = logits_at(z_t, t.to(torch.float32), active)
         n_active = int(active.sum())
@@ -84,9 +92,24 @@ def masked_nelbo(logits_fn: LogitsFn, x0: Tensor, schedule: MaskingSchedule, mas
         logp = masked_position_log_probs(logits, mask_id)
         nll_active = -logp.gather(-1, x0[active].unsqueeze(-1)).squeeze(-1)
         rows = active.nonzero()[:, 0]
-        nll_sum = torch.zeros(b, dtype=logp.dtype, device=x0.device).index_add(0, rows, nll_active)
-    weighted = schedule.weight(t64).to(nll_sum.dtype) * nll_sum  # (B,)
-    n_tokens = counted.sum(1).to(nll_sum.dtype)
+        weighted = torch.zeros(b, dtype=logp.dtype, device=x0.device).index_add(
+            0, rows, weight[active].to(logp.dtype) * nll_active)
+    n_tokens = counted.sum(1).to(weighted.dtype)
     if reduce:
         return weighted.sum() / n_tokens.sum().clamp(min=1)
     return weighted / n_tokens.clamp(min=1)
+
+
+def block_times(batch: int, length: int, block_size: int, method: TimeSampling = "stratified", *,
+                t_min: float = 1e-3, generator: torch.Generator | None = None,
+                device: torch.device | str | None = None) -> Tensor:
+    """One time per block, repeated over the block's positions: (B, L) float32, for block diffusion's NELBO.
+
+    The B * n_blocks times are drawn together with ``diffcore.losses.sample_t`` (stratified: they cover
+    [t_min, 1] evenly across the batch's blocks); the last block may be shorter than ``block_size``.
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    n_blocks = -(-length // block_size)
+    t = sample_t(batch * n_blocks, method, t_min=t_min, generator=generator, device=device).view(batch, n_blocks)
+    return t.repeat_interleave(block_size, dim=1)[:, :length]

@@ -24,8 +24,8 @@ from diffcore.lightning import AtomicCheckpointIO
 from diffjob import DemoError
 from diffjob.demo import run_demo
 
-STAGES = ("data", "vocoder", "vae", "t2s", "t2s_classifier", "text_tokens", "lm", "lm_ar", "eval_vocoder", "eval_t2s",
-          "eval_text")
+STAGES = ("data", "vocoder", "vae", "t2s", "t2s_classifier", "text_tokens", "lm", "lm_block", "lm_ar", "eval_vocoder",
+          "eval_t2s", "eval_text")
 
 
 @pytest.fixture(scope="module")
@@ -80,18 +80,25 @@ def test_smoke_report_numbers_are_sane(smoke):
     for k in ("diffusion", "ar", "unigram"):
         assert math.isclose(ppl[k]["bits_per_char"], ppl[k]["nats_per_char"] / math.log(2), rel_tol=1e-9)
     assert all(_finite(r["gen_ppl"]) and r["gen_ppl"] > 1 for r in text["samples_quality"])
+    block = text["block"]  # the block-diffusion LM: its own bound on the same windows, and its samples
+    assert block["block_size"] >= 1 and block["perplexity"]["diffusion"]["ppl"] > 1
+    assert block["perplexity"]["diffusion"]["tokens"] == ppl["diffusion"]["tokens"]
+    assert block["perplexity"]["ar"] == ppl["ar"]
+    assert [r["steps"] for r in block["samples_quality"]] == list(res["profile"]["text_block_steps"])
+    assert any(k.startswith("block diffusion") for k in text["samples"])
     assert all(isinstance(s, str) for s in text["samples"].values()) and len(text["infill"]["outputs"]) == 2
     # the template's fixed words survive infilling
     # (the tiny set's alphabet lacks "?": a character tokenizer writes it as U+FFFD)
     assert all(o.startswith("ROMEO:\nBut soft, what ") and " through yonder " in o and o[:-1].endswith(" breaks")
                for o in text["infill"]["outputs"])
 
-    for name in ("vocoder", "vae", "t2s", "lm", "lm_ar"):
+    for name in ("vocoder", "vae", "t2s", "lm", "lm_block", "lm_ar"):
         curve = res["curves"][name]
         train = next(v for k, v in curve.items() if k.startswith("train"))
         assert len(train) >= 2 and all(_finite(v) for _, v in train), name
     page = (smoke / "report" / "index.html").read_text()
     assert "<audio" in page and "<svg" in page and "Griffin-Lim" in page and "held-out" in page
+    assert "block diffusion, blocks of" in page
     # every generated clip is counted once in each attribute's confusion table, under its caption's label
     gen = ev["adherence"]["stats"]["generated"]
     assert sum(sum(r.values()) for r in gen["confusion"]["count"].values()) == gen["counts"]["count"][1]
@@ -148,7 +155,7 @@ def test_a_trained_vocoder_replaces_the_tiny_one_without_being_touched(smoke, ti
                    vocoder=source, say=said.append)
     for stage in ("vocoder", "eval_vocoder", "eval_t2s"):
         assert f"[{stage}] starting" in said, said
-    for stage in ("data", "vae", "t2s", "t2s_classifier", "lm", "lm_ar", "eval_text"):
+    for stage in ("data", "vae", "t2s", "t2s_classifier", "lm", "lm_block", "lm_ar", "eval_text"):
         assert any(line.startswith(f"[{stage}] done earlier") for line in said), stage
     voc = res["vocoder"]
     assert voc["source"] == str(source.resolve()) and voc["steps"] is None

@@ -630,3 +630,18 @@ def test_block_model_trains_evaluates_and_samples_block_by_block(tmp_path):
                                                                            block_size=8))
     with pytest.raises(ValueError, match="blocks of 8"):
         gen2.fill(canvas, 1, steps=12, block_size=5)
+
+
+def test_train_t_restricts_training_times_but_not_the_reported_bound():
+    net = make_net()
+    seen = []
+    net.register_forward_pre_hook(lambda m, args: seen.append(float((args[0] == m.mask_id).float().mean())))
+    module = MaskedDiffusionModule(net, ema_decay=None, train_t=(0.95, 1.0))
+    x0 = rand_tokens(16, 24, seed=8)
+    module.train()
+    module.compute_loss(x0, generator=torch.Generator().manual_seed(0))
+    module.eval()
+    module.compute_loss(x0, generator=torch.Generator().manual_seed(0))
+    assert seen[0] > 0.9 and 0.3 < seen[1] < 0.7  # mask rate: training in [0.95, 1], evaluation over [1e-3, 1]
+    with pytest.raises(ValueError, match="train_t"):
+        MaskedDiffusionModule(make_net(), train_t=(0.5, 0.4))

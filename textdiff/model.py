@@ -309,17 +309,17 @@ def ar_nll(net: torch.nn.Module, x: Tensor, bos_id: int, reduce: bool = True) ->
 
 
 def draw_times(net: TransformerNet, x0: Tensor, method: TimeSampling = "stratified", *, t_min: float = 1e-3,
-               generator: torch.Generator | None = None) -> Tensor:
-    """Diffusion times for windows x0 (B, L) in [t_min, 1]: one per window (B,), or for a block-diffusion
+               t_max: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+    """Diffusion times for windows x0 (B, L) in [t_min, t_max]: one per window (B,), or for a block-diffusion
     net one per block, repeated over its positions (B, L)."""
     if net.block_size is None:
-        return sample_t(x0.shape[0], method, t_min=t_min, generator=generator, device=x0.device)
-    return block_times(x0.shape[0], x0.shape[1], net.block_size, method, t_min=t_min, generator=generator,
-                       device=x0.device)
+        return sample_t(x0.shape[0], method, t_min=t_min, t_max=t_max, generator=generator, device=x0.device)
+    return block_times(x0.shape[0], x0.shape[1], net.block_size, method, t_min=t_min, t_max=t_max,
+                       generator=generator, device=x0.device)
 
 
 def diffusion_nelbo(net: TransformerNet, x0: Tensor, schedule: MaskingSchedule, *,
-                    time_sampling: TimeSampling = "stratified", t_min: float = 1e-3,
+                    time_sampling: TimeSampling = "stratified", t_min: float = 1e-3, t_max: float = 1.0,
                     generator: torch.Generator | None = None, reduce: bool = True,
                     run: torch.nn.Module | None = None) -> Tensor:
     """One Monte-Carlo draw of a masked-diffusion net's NELBO on windows x0 (B, L), nats per token.
@@ -328,9 +328,11 @@ def diffusion_nelbo(net: TransformerNet, x0: Tensor, schedule: MaskingSchedule, 
     net each block gets its own time (``draw_times``) and sees the clean x0 of earlier blocks, which makes
     the value a bound on the same -log p(x0) (sum over blocks of each block's bound). ``run``: the module
     to call instead of ``net`` (a ``torch.compile``d wrapper of it). ``reduce=False``: per-window values (B,).
+    ``t_max`` < 1 (a training choice: ``MaskedDiffusionModule(train_t=...)``) leaves out the noisiest times:
+    then the value is the restricted integrand's mean, no longer a bound.
     """
     run = run if run is not None else net
-    t = draw_times(net, x0, time_sampling, t_min=t_min, generator=generator)
+    t = draw_times(net, x0, time_sampling, t_min=t_min, t_max=t_max, generator=generator)
     use_t = net.time_conditioning
     kw = {"clean": x0} if net.block_size is not None else {}
     fn = lambda z, tt: run(z, tt if use_t else None, **kw)  # noqa: E731

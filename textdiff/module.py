@@ -113,6 +113,11 @@ class MaskedDiffusionModule(TextModule):
         t_min: training times are drawn from [t_min, 1]. The NELBO's weight is 1/t, so t near 0 gives rare
             terms weighted up to 1/t_min: 1e-3 (MDLM's eps) keeps the loss's variance down at the cost of
             leaving out the bound's [0, t_min) part, which a nearly unmasked window makes negligible.
+        train_t: training only: draw the times from this range (lo, hi) inside [t_min, 1] instead of [t_min, 1]
+            (BD3-LM's clipped schedule, Arriola et al. 2025). The NELBO's 1/t weight reaches 1/t_min at rare
+            small t, and a few such heavy terms make the gradient noisy; training on the middle of the range
+            trades that noise for a loss that is no longer the bound (validation and test always report the
+            full bound over [t_min, 1]). None: train on the bound itself.
         train_loss: "nelbo" (the bound itself) or "masked_mean": in training only, each window's masked-token
             cross-entropy is averaged over the tokens actually masked instead of weighted by 1/t and divided by
             the window length. Both have the same minimiser (every masked position's conditional is fitted by
@@ -127,7 +132,8 @@ class MaskedDiffusionModule(TextModule):
 
     def __init__(self, net: TransformerNet, schedule: MaskingSchedule | None = None,
                  time_sampling: TimeSampling = "stratified", t_min: float = 1e-3,
-                 train_loss: Literal["nelbo", "masked_mean"] = "nelbo", *, compile: bool = False, **training: Any):
+                 train_loss: Literal["nelbo", "masked_mean"] = "nelbo", train_t: tuple[float, float] | None = None, *,
+                 compile: bool = False, **training: Any):
         if net.causal:
             raise ValueError("MaskedDiffusionModule needs a bidirectional net (causal=False)")
         super().__init__(net, compile=compile, **training)
@@ -139,6 +145,12 @@ class MaskedDiffusionModule(TextModule):
         if train_loss not in ("nelbo", "masked_mean"):
             raise ValueError(f"train_loss must be 'nelbo' or 'masked_mean', got {train_loss!r}")
         self.train_loss = train_loss
+        if train_t is not None:
+            train_t = (float(train_t[0]), float(train_t[1]))
+            if not t_min <= train_t[0] < train_t[1] <= 1.0:
+                raise ValueError(f"train_t must be a range (lo, hi) with t_min ({t_min}) <= lo < hi <= 1, "
+                                 f"got {train_t}")
+        self.train_t = train_t
 
     def logits_fn(self, z_t: Tensor, t: Tensor) -> Tensor:
         """``diffcore.discrete``'s ``logits_fn(z_t, t)`` for the training net (a block net's clean past is z_t)."""
@@ -150,14 +162,17 @@ class MaskedDiffusionModule(TextModule):
 
     def compute_loss(self, batch: Any, generator: torch.Generator | None = None) -> Tensor:
         x0 = batch_tokens(batch)
+        lo, hi = self.train_t if (self.training and self.train_t) else (self.t_min, 1.0)
         if self.training and self.train_loss == "masked_mean":
-            return self.masked_mean_loss(x0, generator)
-        return diffusion_nelbo(self.net, x0, self.schedule, time_sampling=self.time_sampling, t_min=self.t_min,
+            return self.masked_mean_loss(x0, generator, (lo, hi))
+        return diffusion_nelbo(self.net, x0, self.schedule, time_sampling=self.time_sampling, t_min=lo, t_max=hi,
                                generator=generator, run=self.run_net)
 
-    def masked_mean_loss(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def masked_mean_loss(self, x0: Tensor, generator: torch.Generator | None = None,
+                         t_range: tuple[float, float] | None = None) -> Tensor:
         """Mean over windows of the cross-entropy averaged over each window's masked tokens (0 if none)."""
-        t = draw_times(self.net, x0, self.time_sampling, t_min=self.t_min, generator=generator)
+        lo, hi = t_range or (self.t_min, 1.0)
+        t = draw_times(self.net, x0, self.time_sampling, t_min=lo, t_max=hi, generator=generator)
         alpha, _ = self.schedule(t.to(torch.float64))
         z_t = mask_tokens(x0, alpha, self.net.mask_id, generator=generator)
         active = z_t == self.net.mask_id

@@ -67,6 +67,7 @@ class Profile:
     text_windows: int
     text_samples: int
     text_sample_steps: tuple[int, ...]
+    text_block_steps: tuple[int, ...]
     val_batches: int
 
 
@@ -74,11 +75,11 @@ PROFILES = {
     "full": Profile("full", "small", vocoder_steps=400, vae_steps=300, ldm_steps=2000, lm_steps=2000, lm_batch_size=12,
                     search_utterances=3, eval_utterances=8, eval_seconds=3.0, vocoder_eval_steps=(6, 50),
                     t2s_captions=96, t2s_pairs=32, t2s_steps=25, classifier_epochs=1, text_windows=512, text_samples=16,
-                    text_sample_steps=(8, 32, 128), val_batches=4),
+                    text_sample_steps=(8, 32, 128), text_block_steps=(16, 32, 64), val_batches=4),
     "smoke": Profile("smoke", "tiny", vocoder_steps=12, vae_steps=12, ldm_steps=12, lm_steps=12, lm_batch_size=4,
                      search_utterances=1, eval_utterances=2, eval_seconds=1.0, vocoder_eval_steps=(6, 50),
                      t2s_captions=4, t2s_pairs=2, t2s_steps=4, classifier_epochs=1, text_windows=8, text_samples=2,
-                     text_sample_steps=(4, 16), val_batches=1),
+                     text_sample_steps=(4, 16), text_block_steps=(16,), val_batches=1),
 }
 
 
@@ -284,19 +285,27 @@ INFILL_TEMPLATE = "ROMEO:\nBut soft, what [MASK:5] through yonder [MASK:6] break
 
 
 def eval_text(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> dict[str, Any]:
+    """Both masked diffusion LMs (whole-window and block diffusion) against the AR twin on the same test
+    windows: bounds, unconditional samples scored by the twin, and an infilling example (whole-window model)."""
     p = ctx.profile
     diff = TextGenerator.from_pretrained(up["lm"]["result"]["model"])
+    block = TextGenerator.from_pretrained(up["lm_block"]["result"]["model"])
     ar = TextGenerator.from_pretrained(up["lm_ar"]["result"]["model"])
     ctx.say(f"[eval_text] perplexity on at most {p.text_windows} test windows; sample quality vs steps")
-    res = evaluate_text_pair(diff, ar, up["text_tokens"]["result"]["path"], batch_size=64,
-                             max_windows=p.text_windows, seed=ctx.seed, samples=p.text_samples,
-                             steps_list=p.text_sample_steps)
+    common = {"batch_size": 64, "max_windows": p.text_windows, "seed": ctx.seed, "samples": p.text_samples}
+    tokens = up["text_tokens"]["result"]["path"]
+    res = evaluate_text_pair(diff, ar, tokens, steps_list=p.text_sample_steps, **common)
+    res_block = evaluate_text_pair(block, ar, tokens, steps_list=p.text_block_steps, **common)
     length = min(64, diff.net.max_len)
     samples = {f"diffusion, {s} steps": diff.sample(1, length=length, steps=s, seed=ctx.seed)[0]
                for s in p.text_sample_steps}
+    samples.update({f"block diffusion, {s} steps": block.sample(1, length=length, steps=s, seed=ctx.seed)[0]
+                    for s in p.text_block_steps})
     samples["AR twin"] = ar.sample(1, length=length, seed=ctx.seed)[0]
     infill = diff.infill(INFILL_TEMPLATE, 2, seed=ctx.seed)
     result = {"perplexity": res["perplexity"], "samples_quality": res["samples"], "samples": samples,
+              "block": {"block_size": block.net.block_size, "perplexity": res_block["perplexity"],
+                        "samples_quality": [r for r in res_block["samples"] if r["sampler"].startswith("diffusion")]},
               "infill": {"template": INFILL_TEMPLATE, "outputs": infill}}
     write_json(d / "eval.json", result)
     return result
@@ -336,9 +345,10 @@ STAGES: tuple[Stage, ...] = (
           ("name", "t2s_captions", "t2s_pairs", "t2s_steps")),
     Stage("text_tokens", stage_text_tokens, ("data",)),
     Stage("lm", stage_lm, ("text_tokens",), LM_FIELDS, ("textdiff/tiny_char.yaml",)),
+    Stage("lm_block", stage_lm, ("text_tokens",), LM_FIELDS, ("textdiff/tiny_char_block.yaml",)),
     Stage("lm_ar", stage_lm, ("text_tokens",), LM_FIELDS, ("textdiff/tiny_char_ar.yaml",)),
-    Stage("eval_text", eval_text, ("text_tokens", "lm", "lm_ar"),
-          ("text_windows", "text_samples", "text_sample_steps")),
+    Stage("eval_text", eval_text, ("text_tokens", "lm", "lm_block", "lm_ar"),
+          ("text_windows", "text_samples", "text_sample_steps", "text_block_steps")),
 )
 def _call_stage(run: Callable[..., dict[str, Any]], ctx: Context, paths: list[Path], d: Path,
                 up: Results) -> dict[str, Any]:
@@ -349,7 +359,7 @@ def _say_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-CURVES = ("vocoder", "vae", "t2s", "lm", "lm_ar")  # the training stages whose loss curves the report draws
+CURVES = ("vocoder", "vae", "t2s", "lm", "lm_block", "lm_ar")  # the training stages whose loss curves the report draws
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", *, profile: str | Profile = "full", fresh: bool = False,
@@ -397,7 +407,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, profile: str | Profile = "
         "data": r["data"], "vocoder": {**r["vocoder"], "eval": r["eval_vocoder"]},
         "t2s": {**r["t2s"], "eval": r["eval_t2s"], "audio_backend": r["eval_t2s"]["audio_backend"]},
         "vae": r["vae"],
-        "text": {"diffusion": r["lm"], "ar": r["lm_ar"], "eval": r["eval_text"], "tokens": r["text_tokens"]},
+        "text": {"diffusion": r["lm"], "block": r["lm_block"], "ar": r["lm_ar"], "eval": r["eval_text"],
+                 "tokens": r["text_tokens"]},
         "curves": {name: loss_curves(out / name) for name in CURVES},
     }
     results["wall_seconds_this_run"] = time.perf_counter() - t0

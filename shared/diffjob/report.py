@@ -259,21 +259,35 @@ def _backend_note(b: dict[str, Any] | None) -> str:
 
 def text_section(results: dict[str, Any]) -> str:
     ev = results["text"]["eval"]
-    ppl = ev["perplexity"]
+    ppl, block = ev["perplexity"], ev.get("block")
     d = ppl["diffusion"]
-    names = {"diffusion": "masked diffusion (NELBO bound)", "ar": "autoregressive twin (exact, ceiling)",
-             "unigram": "unigram (floor)"}
-    rows = [[_text(names[k]), ppl[k]["nll"], ppl[k].get("nats_per_char"), ppl[k].get("bits_per_char"),
-             _Raw(("≤ " if k == "diffusion" else "") + _num(ppl[k].get("ppl_per_char", ppl[k]["ppl"]), 2))]
-            for k in names if k in ppl]
+    figures = {"ar": ("autoregressive twin (exact, ceiling)", ppl["ar"]),
+               "diffusion": ("masked diffusion (NELBO bound)", d)}
+    if block:
+        figures["block"] = (f"block diffusion, blocks of {block['block_size']} (NELBO bound)",
+                            block["perplexity"]["diffusion"])
+    if "unigram" in ppl:
+        figures["unigram"] = ("unigram (floor)", ppl["unigram"])
+    rows = [[_text(name), f["nll"], f.get("nats_per_char"), f.get("bits_per_char"),
+             _Raw(("≤ " if k in ("diffusion", "block") else "") + _num(f.get("ppl_per_char", f["ppl"]), 2))]
+            for k, (name, f) in figures.items()]
+    quality = ev["samples_quality"]
+    if block:
+        quality = [r for r in quality if r["sampler"].startswith("diffusion")] + \
+            [{**r, "sampler": "block " + r["sampler"]} for r in block["samples_quality"]] + \
+            [r for r in quality if not r["sampler"].startswith("diffusion")]
     q_rows = [[_text(r["sampler"]), r.get("steps"), r.get("gen_ppl_char"), r.get("entropy"), r.get("distinct4"),
-               r.get("nfe"), r.get("tokens_per_s")] for r in ev["samples_quality"]]
-    parts = ["<section id='text'><h2>Text: masked diffusion LM and its AR twin</h2>",
+               r.get("nfe"), r.get("tokens_per_s")] for r in quality]
+    gaps = f"diffusion bound {ppl.get('gap_percent_char', ppl['gap_percent']):+.1f}%"
+    if block:
+        bp = block["perplexity"]
+        gaps += f", block diffusion {bp.get('gap_percent_char', bp['gap_percent']):+.1f}%"
+    parts = ["<section id='text'><h2>Text: masked diffusion LMs and their AR twin</h2>",
              f"<p>The same transformer trained {results['text']['diffusion']['steps']:,} steps each on the same "
-             "tokens: bidirectional with the masked-diffusion objective, and causal with next-token loss.</p>",
+             "tokens: bidirectional with the masked-diffusion objective, as block diffusion (each block denoised "
+             "given the clean blocks before it) and causal with next-token loss.</p>",
              _table(["model", "nats/token", "nats/char", "bits/char", "perplexity/char"], rows,
-                    f"test split, {d['tokens']:,} tokens; diffusion bound "
-                    f"{ppl.get('gap_percent_char', ppl['gap_percent']):+.1f}% vs AR (per-character perplexity)"),
+                    f"test split, {d['tokens']:,} tokens; {gaps} vs AR (per-character perplexity)"),
              _table(["sampler", "steps", "generative ppl/char (AR-scored) ↓", "unigram entropy", "distinct 4-grams",
                      "network calls", "tokens/s"], q_rows,
                     "unconditional samples; the real-text row is what samples should match"),
@@ -289,7 +303,7 @@ def text_section(results: dict[str, Any]) -> str:
 
 def curves_section(results: dict[str, Any]) -> str:
     names = {"vocoder": "WaveGrad vocoder", "vae": "mel VAE", "t2s": "latent denoiser",
-             "lm": "masked diffusion LM", "lm_ar": "AR twin"}
+             "lm": "masked diffusion LM", "lm_block": "block diffusion LM", "lm_ar": "AR twin"}
     parts = ["<section id='training'><h2>Training losses</h2><div class='row'>"]
     for key, label in names.items():
         parts.append(f"<div class='cell'><h3>{_esc(label)}</h3>{svg_curves(results['curves'].get(key, {}))}</div>")
@@ -313,7 +327,7 @@ def headline(results: dict[str, Any]) -> list[str]:
     adh = results["t2s"]["eval"]["adherence"]
     ppl = results["text"]["eval"]["perplexity"]
     secs = sum(results["stage_seconds"].values())
-    return [
+    lines = [
         f"demo ({results['profile']['name']}): {results['wall_seconds_this_run'] / 60:.1f} min wall this run; "
         f"the stages took {secs / 60:.1f} min together ({results['parallel']['jobs']} at a time)",
         f"  vocoder, unseen speakers, PESQ-wb: WaveGrad {six['steps']} steps {six['pesq_wb_mean']:.2f} | "
@@ -326,6 +340,13 @@ def headline(results: dict[str, Any]) -> list[str]:
         f"{ppl.get('unigram', {}).get('nats_per_char', float('nan')):.3f} "
         f"(perplexity gap {ppl.get('gap_percent_char', ppl['gap_percent']):+.0f}%)",
     ]
+    block = results["text"]["eval"].get("block")
+    if block:
+        bp = block["perplexity"]
+        lines.append(f"  text, block diffusion (blocks of {block['block_size']}): <= "
+                     f"{bp['diffusion'].get('nats_per_char', bp['diffusion']['nll']):.3f} nats/char "
+                     f"(perplexity gap {bp.get('gap_percent_char', bp['gap_percent']):+.0f}%)")
+    return lines
 
 
 def write_report(out: Path, results: dict[str, Any]) -> Path:

@@ -101,15 +101,16 @@ def masked_nelbo(logits_fn: LogitsFn, x0: Tensor, schedule: MaskingSchedule, mas
 
 
 def block_times(batch: int, length: int, block_size: int, method: TimeSampling = "stratified", *,
-                t_min: float = 1e-3, generator: torch.Generator | None = None,
+                t_min: float = 1e-3, t_max: float = 1.0, generator: torch.Generator | None = None,
                 device: torch.device | str | None = None) -> Tensor:
     """One time per block, repeated over the block's positions: (B, L) float32, for block diffusion's NELBO.
 
     The B * n_blocks times are drawn together with ``diffcore.losses.sample_t`` (stratified: they cover
-    [t_min, 1] evenly across the batch's blocks); the last block may be shorter than ``block_size``.
+    [t_min, t_max] evenly across the batch's blocks); the last block may be shorter than ``block_size``.
     """
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     n_blocks = -(-length // block_size)
-    t = sample_t(batch * n_blocks, method, t_min=t_min, generator=generator, device=device).view(batch, n_blocks)
+    t = sample_t(batch * n_blocks, method, t_min=t_min, t_max=t_max, generator=generator, device=device)
+    t = t.view(batch, n_blocks)
     return t.repeat_interleave(block_size, dim=1)[:, :length]

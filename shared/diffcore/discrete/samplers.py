@@ -267,7 +267,7 @@ def sample_masked_blocks(logits_fn: LogitsFn, z_T: Tensor, steps: int, schedule:
     starts = [a for a in range(0, length, block_size) if bool((z_T[:, a:a + block_size] == mask_id).any())]
     if steps < max(1, len(starts)):
         raise ValueError(f"{steps} steps cannot fill {len(starts)} blocks of {block_size} tokens; give at least "
-                         "one step per block")
+                         f"{len(starts)} steps (one per block)")
     z, nfe, row_evals = z_T.clone(), 0, 0
     for j, a in enumerate(starts):
         n_steps = steps // len(starts) + (1 if j < steps % len(starts) else 0)

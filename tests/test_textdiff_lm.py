@@ -399,7 +399,7 @@ def test_twin_recipes_differ_only_in_the_model():
         assert a["data"] == b["data"] and a["trainer"] == b["trainer"] and a["seed_everything"] == b["seed_everything"]
         ma, mb = a["model"]["init_args"], b["model"]["init_args"]
         assert {**ma["net"]["init_args"], "causal": True} == mb["net"]["init_args"]
-        assert {k: v for k, v in ma.items() if k not in ("net", "schedule", "time_sampling", "t_min")} == \
+        assert {k: v for k, v in ma.items() if k not in ("net", "schedule", "time_sampling", "t_min", "train_t")} == \
             {k: v for k, v in mb.items() if k != "net"}
     with torch.device("meta"):  # count parameters without allocating them
         small = TransformerNet(**yaml.safe_load((RECIPES / "textdiff" / "small.yaml").read_text())

@@ -8,7 +8,9 @@ layer only at masked positions, so its step costs less).
 
 - ``MaskedDiffusionModule``: the continuous-time NELBO of MDLM (``diffcore.discrete.masked_nelbo``:
   masked-token cross-entropy weighted by -alpha'_t / (1 - alpha_t), SUBS parameterisation,
-  stratified t). Its value in nats per token bounds the negative log-likelihood.
+  stratified t). Its value in nats per token bounds the negative log-likelihood. With a block net
+  (``TransformerNet(block_size=B)``) it is block diffusion's bound: one t per block, each block given the
+  clean blocks before it.
 - ``ARModule``: next-token cross-entropy. The window x_1..x_L is predicted from [BOS, x_1..x_{L-1}]
   (BOS = the extra id V), so the loss is the exact negative log-likelihood of the same L tokens the
   diffusion bound covers, with the same (no) context before the window.
@@ -110,7 +112,8 @@ class MaskedDiffusionModule(TextModule):
         net: a bidirectional ``TransformerNet`` (``causal=False``).
         schedule: the masking schedule (default log-linear, alpha_t = 1 - (1 - 1e-3) t, weight 1/t).
         time_sampling: "stratified" (low-discrepancy, MDLM's default), "antithetic" or "uniform".
-        t_min: training times are drawn from [t_min, 1]. The NELBO's weight is 1/t, so t near 0 gives rare
+        t_min: the bound integrates over t in [t_min, 1] (training too, unless ``train_t``). The NELBO's weight
+            is 1/t, so t near 0 gives rare
             terms weighted up to 1/t_min: 1e-3 (MDLM's eps) keeps the loss's variance down at the cost of
             leaving out the bound's [0, t_min) part, which a nearly unmasked window makes negligible.
         train_t: training only: draw the times from this range (lo, hi) inside [t_min, 1] instead of [t_min, 1]

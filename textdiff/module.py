@@ -113,9 +113,9 @@ class MaskedDiffusionModule(TextModule):
         schedule: the masking schedule (default log-linear, alpha_t = 1 - (1 - 1e-3) t, weight 1/t).
         time_sampling: "stratified" (low-discrepancy, MDLM's default), "antithetic" or "uniform".
         t_min: the bound integrates over t in [t_min, 1] (training too, unless ``train_t``). The NELBO's weight
-            is 1/t, so t near 0 gives rare
-            terms weighted up to 1/t_min: 1e-3 (MDLM's eps) keeps the loss's variance down at the cost of
-            leaving out the bound's [0, t_min) part, which a nearly unmasked window makes negligible.
+            is 1/t, so t near 0 gives rare terms weighted up to 1/t_min: 1e-3 (MDLM's eps) keeps the loss's
+            variance down at the cost of leaving out the bound's [0, t_min) part, which a nearly unmasked
+            window makes negligible.
         train_t: training only: draw the times from this range (lo, hi) inside [t_min, 1] instead of [t_min, 1]
             (BD3-LM's clipped schedule, Arriola et al. 2025). The NELBO's 1/t weight reaches 1/t_min at rare
             small t, and a few such heavy terms make the gradient noisy; training on the middle of the range

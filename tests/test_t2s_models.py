@@ -19,6 +19,7 @@ from audiodiff.t2s import (
     drop_captions,
     kl_to_standard_normal,
 )
+from audiodiff.t2s.denoiser import FrameBlock
 from audiodiff.t2s.text_encoder import PretrainedTextEncoder, encoder_from_reference
 from audiodiff.t2s.vae import latent_frame_mask
 from diffcore import timesteps
@@ -264,6 +265,10 @@ NETS = {
     "unet": lambda **kw: UNetDenoiser(in_channels=3, channels=(16, 32), attention_levels=(0, 1), heads=2, emb_dim=32,
                                       groups=4, **kw),
     "dit": lambda **kw: DiTDenoiser(in_channels=3, latent_height=20, dim=32, depth=2, heads=2, emb_dim=32, **kw),
+    # + transformer layers over frame columns at both levels (FrameBlock)
+    "unet+frames": lambda **kw: UNetDenoiser(in_channels=3, channels=(16, 32), attention_levels=(1,), heads=2,
+                                             emb_dim=32, groups=4, frame_attention_levels=(0, 1), latent_height=20,
+                                             frame_dim=16, **kw),
 }
 TEXT = {"states": dict(text_dim=12), "ids": dict(text_dim=None, text_vocab_size=ByteTextEncoder.vocab_size,
                                                   text_encoder_dim=16, text_encoder_depth=1),
@@ -283,7 +288,7 @@ def caption_inputs(kind: str, b: int, seed: int = 0, length: int = 6):
 
 
 @pytest.mark.parametrize("text_kind", ["states", "ids", "states+ids", "states+layers"])
-@pytest.mark.parametrize("arch", ["unet", "dit"])
+@pytest.mark.parametrize("arch", ["unet", "dit", "unet+frames"])
 def test_denoisers_share_the_interface_and_use_the_caption(arch, text_kind):
     torch.manual_seed(0)
     net = perturbed(NETS[arch](**TEXT[text_kind]))
@@ -317,6 +322,29 @@ def test_dit_hides_padded_frames_from_real_ones():
     torch.testing.assert_close(out2[..., :12], out[..., :12], atol=1e-5, rtol=1e-5)
 
 
+def test_frame_block_starts_as_identity_sees_every_frame_and_hides_padding():
+    """A FrameBlock is the identity at initialisation; once trained (perturbed), a frame's output depends on
+    frames far beyond a convolution's reach, but not on padded frames; a map of the wrong height is refused."""
+    torch.manual_seed(0)
+    block = FrameBlock(ch=4, bands=5, dim=16, heads=2, text_dim=12)
+    x, (text, mask) = torch.randn(2, 4, 5, 16), caption_inputs("states", 2)
+    torch.testing.assert_close(block(x, text, mask, None), x)
+    block = perturbed(block)
+    out = block(x, text, mask, None)
+    far = x.clone()
+    far[..., 0] += 1.0  # the first frame only
+    assert (block(far, text, mask, None)[..., 15] - out[..., 15]).abs().max() > 1e-4
+    fmask = torch.arange(16)[None].expand(2, 16) < 12
+    out = block(x, text, mask, fmask)
+    junk = x.clone()
+    junk[..., 12:] = torch.randn(2, 4, 5, 4)
+    torch.testing.assert_close(block(junk, text, mask, fmask)[..., :12], out[..., :12], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="latent_height"):
+        block(torch.randn(2, 4, 6, 16), text, mask, None)
+    with pytest.raises(ValueError, match="latent_height"):
+        UNetDenoiser(in_channels=3, channels=(8, 16), text_dim=12, frame_attention_levels=(1,))
+
+
 def test_caption_dropout_rate():
     caps = [f"caption {i}" for i in range(20000)]
     out = drop_captions(caps, 0.1, torch.Generator().manual_seed(0))
@@ -327,7 +355,7 @@ def test_caption_dropout_rate():
     assert drop_captions(caps[:50], 0.0) == caps[:50]
 
 
-@pytest.mark.parametrize("arch", ["unet", "dit"])
+@pytest.mark.parametrize("arch", ["unet", "dit", "unet+frames"])
 def test_cfg_at_scale_one_is_the_conditional_denoiser(arch):
     net = perturbed(NETS[arch](**TEXT["states"]))
     D = as_denoiser(net, CosineSchedule(), "v")
@@ -343,7 +371,7 @@ def test_cfg_at_scale_one_is_the_conditional_denoiser(arch):
     assert (cfg(D, 3.0, uncond)(x, t, **cond) - ref).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("arch", ["unet", "dit"])
+@pytest.mark.parametrize("arch", ["unet", "dit", "unet+frames"])
 def test_denoiser_save_and_load_any_subclass(arch, tmp_path):
     net = perturbed(NETS[arch](**TEXT["ids"]))
     net.save_pretrained(tmp_path / "d")

@@ -221,6 +221,51 @@ class AttentionBlock(nn.Module):
         return tokens.transpose(1, 2).reshape(b, c, h, w)
 
 
+class FrameBlock(nn.Module):
+    """A transformer layer over the latent frames of a feature map: each frame column (all bands and
+    channels at one time step) is one token, so a token sees the whole spectrum at that instant.
+
+    (B, C, H, W) -> (B, C, H, W): the C * H column is projected to ``dim``, a sinusoid of the frame index
+    added, then self-attention over the frames (padded frames masked), cross-attention to the caption and an
+    MLP, each a pre-LayerNorm residual branch; projected back and added to the map. The back projection starts
+    at zero, so a new block is the identity. Why: the UNet's convolutions see a few frames and bands at a
+    time, so repeated events ("three short beeps") must be kept alike by local context alone; here every
+    frame can look at every other one (the DiT's frame tokens got the pitch word right, but not the frame
+    structure a UNet gets for free: README results).
+    """
+
+    def __init__(self, ch: int, bands: int, dim: int, heads: int, text_dim: int):
+        super().__init__()
+        self.ch, self.bands = ch, bands
+        self.proj_in = nn.Linear(ch * bands, dim)
+        self.norm1, self.self_attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm2, self.cross = nn.LayerNorm(dim), Attention(dim, heads, text_dim, null_token=True)
+        self.norm3, self.ff = nn.LayerNorm(dim), FeedForward(dim, 2)
+        self.proj_out = nn.Linear(dim, ch * bands)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x: Tensor, text: Tensor, text_mask: Tensor, frame_mask: Tensor | None) -> Tensor:
+        b, c, h, w = x.shape
+        if (c, h) != (self.ch, self.bands):
+            raise ValueError(f"FrameBlock built for {self.ch} channels x {self.bands} bands, got {c} x {h}: "
+                             "frame_attention needs the latent height the net was built with (latent_height)")
+        cols = x.permute(0, 3, 1, 2).reshape(b, w, c * h)  # (B, W, C * H)
+        t = self.proj_in(cols)
+        t = t + _sinusoid(torch.arange(w, device=x.device), t.shape[-1]).to(t.dtype)[None]
+        t = t + self.self_attn(self.norm1(t), key_mask=frame_mask)
+        t = t + self.cross(self.norm2(t), text, text_mask)
+        t = t + self.ff(self.norm3(t))
+        return x + self.proj_out(t).reshape(b, w, c, h).permute(0, 2, 3, 1)
+
+
+def _sinusoid(positions: Tensor, dim: int) -> Tensor:
+    """Transformer position encoding of (N,) positions -> (N, dim)."""
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, device=positions.device).float() / dim)
+    arg = positions.float()[:, None] * freq[None]
+    return torch.cat([torch.sin(arg), torch.cos(arg)], -1)
+
+
 def _resize_mask(frame_mask: Tensor | None, width: int) -> Tensor | None:
     """A latent frame mask at a coarser UNet level (a frame is real if any frame under it is)."""
     if frame_mask is None or frame_mask.shape[-1] == width:
@@ -250,6 +295,9 @@ class UNetDenoiser(CaptionDenoiser):
         band_coordinate: give the net each latent band's place (-1 lowest .. 1 highest) as one more input
             channel. Convolutions are translation-equivariant along frequency, so without it a word like
             "high" can only find the upper bands through the zero padding at the edges.
+        frame_attention_levels: levels with a ``FrameBlock`` (a transformer layer over frame columns) after
+            each residual block; needs ``latent_height`` (the latent bands H, fixed by the VAE).
+        frame_dim: the width of those blocks' frame tokens.
     """
 
     def __init__(self, in_channels: int = 8, channels: Sequence[int] = (64, 128), num_res_blocks: int = 1,
@@ -257,10 +305,17 @@ class UNetDenoiser(CaptionDenoiser):
                  emb_dim: int = 256, text_dim: int | None = 384, text_vocab_size: int | None = None,
                  text_encoder_dim: int = 128, text_encoder_depth: int = 2, dropout: float = 0.0, groups: int = 8,
                  pooled_text: bool = False, token_vocab_size: int | None = None, token_dim: int = 32,
-                 text_width: int | None = None, text_layers: int = 0, band_coordinate: bool = False):
+                 text_width: int | None = None, text_layers: int = 0, band_coordinate: bool = False,
+                 frame_attention_levels: Sequence[int] = (), frame_dim: int = 128, latent_height: int | None = None):
         super().__init__()
         self.config = capture_config(locals())
-        self.config.update(channels=list(channels), attention_levels=list(attention_levels))
+        self.config.update(channels=list(channels), attention_levels=list(attention_levels),
+                           frame_attention_levels=list(frame_attention_levels))
+        if frame_attention_levels and latent_height is None:
+            raise ValueError("frame_attention_levels needs latent_height (the latent bands: n_mels / the VAE's "
+                             "downsampling factor, e.g. 20 for 80 mels and vae_tiny)")
+        m = 2 ** (len(channels) - 1)
+        padded_height = -(-(latent_height or 0) // m) * m
         self.band_coordinate = band_coordinate
         ctx = self._init_conditioning(emb_dim, text_dim, text_vocab_size, text_encoder_dim, text_encoder_depth,
                                       pooled_text, token_vocab_size, token_dim, text_width, text_layers, heads)
@@ -270,6 +325,8 @@ class UNetDenoiser(CaptionDenoiser):
             layers = [ResBlock(cin, cout, emb_dim, groups, dropout)]
             if level in attention_levels:
                 layers.append(AttentionBlock(cout, heads, ctx, self_attn))
+            if level in frame_attention_levels:
+                layers.append(FrameBlock(cout, padded_height // 2 ** level, frame_dim, heads, ctx))
             return nn.ModuleList(layers)
 
         self.conv_in = nn.Conv2d(in_channels + int(band_coordinate), channels[0], 3, padding=1)
@@ -303,7 +360,7 @@ class UNetDenoiser(CaptionDenoiser):
         for layer in layers:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
-            elif isinstance(layer, AttentionBlock):
+            elif isinstance(layer, (AttentionBlock, FrameBlock)):
                 x = layer(x, text, text_mask, _resize_mask(fm, x.shape[-1]))
             else:
                 x = layer(x)
@@ -337,13 +394,6 @@ class UNetDenoiser(CaptionDenoiser):
 
 # --------------------------------------------------------------------------------------------------
 # DiT
-
-
-def _sinusoid(positions: Tensor, dim: int) -> Tensor:
-    """Transformer position encoding of (N,) positions -> (N, dim)."""
-    freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, device=positions.device).float() / dim)
-    arg = positions.float()[:, None] * freq[None]
-    return torch.cat([torch.sin(arg), torch.cos(arg)], -1)
 
 
 class DiTBlock(nn.Module):

@@ -286,6 +286,13 @@ def test_lr_schedule_values():
     assert cos == pytest.approx([1, 1, 0.5 + c, 0.5, 0.5 - c, 0, 0])
     lin = [lr_factor(s, warmup_steps=0, decay="linear", total_steps=100) for s in (0, 25, 100)]
     assert lin == pytest.approx([1, 0.75, 0])
+    # warmup-stable-decay: full rate until the last 40 of 110 steps, then linear to 0
+    wsd = [lr_factor(s, warmup_steps=10, decay="linear", total_steps=110, decay_steps=40) for s in (9, 50, 70, 90, 110)]
+    assert wsd == pytest.approx([1, 1, 1, 0.5, 0])
+    # a decay longer than the steps after the warmup starts right after it
+    assert lr_factor(60, warmup_steps=10, decay="linear", total_steps=110, decay_steps=500) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="decay_steps"):
+        _system(lr_decay="linear", max_steps=100, decay_steps=0)
 
     system = _system(lr=2.0, warmup_steps=10, lr_decay="cosine", max_steps=110, weight_decay=0.1)
     conf = system.configure_optimizers()

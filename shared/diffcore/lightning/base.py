@@ -45,11 +45,13 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def lr_factor(step: int, *, warmup_steps: int = 0, decay: LRDecay = "constant",
-              total_steps: int | None = None) -> float:
+              total_steps: int | None = None, decay_steps: int | None = None) -> float:
     """Multiplier on the base LR at optimizer step ``step`` (0-based).
 
     Linear warmup (step + 1) / warmup_steps over the first ``warmup_steps`` steps, then constant,
-    or a cosine / linear decay that reaches 0 at ``total_steps``.
+    or a cosine / linear decay that reaches 0 at ``total_steps``. ``decay_steps``: the decay takes only
+    the last that many steps, the rate staying constant until then (warmup-stable-decay, as in MiniCPM,
+    Hu et al. 2024); None: the decay starts right after the warmup.
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -57,7 +59,8 @@ def lr_factor(step: int, *, warmup_steps: int = 0, decay: LRDecay = "constant",
         return 1.0
     if total_steps is None:
         raise ValueError(f"lr_decay={decay!r} needs total_steps")
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    start = warmup_steps if decay_steps is None else max(warmup_steps, total_steps - decay_steps)
+    progress = min(1.0, max(0, step - start) / max(1, total_steps - start))
     if decay == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     if decay == "linear":
@@ -75,6 +78,8 @@ class DiffusionModule(L.LightningModule):
         warmup_steps: linear LR warmup over this many optimizer steps.
         lr_decay: after warmup, keep the LR ("constant") or decay it to 0 at ``max_steps`` ("cosine",
             "linear").
+        decay_steps: decay over only the last this many steps, at the full rate before them (None: all
+            steps after the warmup).
         max_steps: the length of the decay; None means the Trainer's ``estimated_stepping_batches``.
         ema_decay: EMA decay of the net's weights, or None for no EMA.
         ema_warmup: ramp the EMA decay up as min(ema_decay, (1 + n) / (10 + n)).
@@ -95,8 +100,11 @@ class DiffusionModule(L.LightningModule):
     def __init__(self, net: nn.Module, lr: float = 2e-4, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 0,
                  lr_decay: LRDecay = "constant", max_steps: int | None = None,
-                 ema_decay: float | None = 0.9999, ema_warmup: bool = True):
+                 ema_decay: float | None = 0.9999, ema_warmup: bool = True, decay_steps: int | None = None):
         super().__init__()
+        if decay_steps is not None and decay_steps < 1:
+            raise ValueError(f"decay_steps must be >= 1 (or None: decay over all steps after the warmup), "
+                             f"got {decay_steps}")
         if lr_decay not in _LR_DECAYS:
             raise ValueError(f"unknown lr_decay {lr_decay!r}; choose one of {_LR_DECAYS}")
         if warmup_steps < 0:
@@ -105,6 +113,7 @@ class DiffusionModule(L.LightningModule):
         self.net = net
         self.lr, self.weight_decay, self.betas = lr, weight_decay, (float(betas[0]), float(betas[1]))
         self.warmup_steps, self.lr_decay, self.max_steps = warmup_steps, lr_decay, max_steps
+        self.decay_steps = decay_steps
         # not an nn.Module: its tensors stay out of state_dict() and keep fp32 under .half()/.to(bf16)
         self.ema: EMA | None = EMA(net, ema_decay, ema_warmup) if ema_decay is not None else None
 
@@ -201,7 +210,7 @@ class DiffusionModule(L.LightningModule):
                 raise ValueError(f"lr_decay={self.lr_decay!r} needs max_steps or Trainer(max_steps=...)")
             total = int(total)
         schedule = functools.partial(lr_factor, warmup_steps=self.warmup_steps, decay=self.lr_decay,
-                                     total_steps=total)
+                                     total_steps=total, decay_steps=self.decay_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

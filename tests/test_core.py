@@ -190,7 +190,7 @@ def test_sample_t_methods():
         L.sample_t(4, "sobol")
 
 
-@pytest.mark.parametrize("weighting", ["snr", "min_snr", "v", "x0", "trunc_snr"])
+@pytest.mark.parametrize("weighting", ["snr", "min_snr", "v", "x0", "trunc_snr", "clip_snr"])
 def test_weighted_loss_is_independent_of_parameterization(weighting):
     """The same x0 estimate, expressed as eps, x0, v or score, must give the same weighted L2 loss:
     the weighting is defined on the x0 error, whatever the network predicts."""
@@ -214,7 +214,7 @@ def test_weighted_loss_is_independent_of_parameterization(weighting):
     x0_mse = ((estimator(x_t) - x0) ** 2).mean(1)
     snr = (a / sg) ** 2
     w = {"snr": snr, "min_snr": snr.clamp(max=5.0), "v": snr + 1, "x0": torch.ones_like(snr),
-         "trunc_snr": snr.clamp(min=1.0)}[weighting]
+         "trunc_snr": snr.clamp(min=1.0), "clip_snr": snr.clamp(min=1.0, max=5.0)}[weighting]
     torch.testing.assert_close(losses["x0"], w * x0_mse, rtol=1e-8, atol=1e-10)
 
 

@@ -8,6 +8,9 @@ Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting"):
     "v"         W = SNR + 1             the plain v-MSE of Salimans & Ho 2022 (VP)
     "x0"        W = 1                   the plain x0-MSE
     "trunc_snr" W = max(SNR, 1)         truncated SNR (Salimans & Ho 2022)
+    "clip_snr"  W = clamp(SNR, 1, gamma) Min-SNR-gamma with truncated SNR's floor: the cap at low noise, and at
+                                        high noise (SNR < 1, where a sample's coarse layout is decided) the x0
+                                        weight of the plain v / x0 losses instead of Min-SNR's vanishing SNR
 
 The error is measured in the network's own prediction space and rescaled so the squared error
 carries exactly W (the rescale is ``x0_error_scale``); with ``weighting=None`` it is the plain loss
@@ -25,7 +28,7 @@ from torch import Tensor
 from .parameterization import NoiseInput, Prediction, from_x0, noise_input, x0_error_scale
 from .schedules import Schedule, bcast
 
-Weighting = Literal["snr", "min_snr", "v", "x0", "trunc_snr"]
+Weighting = Literal["snr", "min_snr", "v", "x0", "trunc_snr", "clip_snr"]
 TimeSampling = Literal["uniform", "stratified", "antithetic"]
 
 
@@ -66,7 +69,9 @@ def x0_weight(weighting: Weighting, logsnr: Tensor, gamma: float = 5.0) -> Tenso
         return torch.ones_like(snr)
     if weighting == "trunc_snr":
         return snr.clamp(min=1.0)
-    raise ValueError(f"unknown weighting {weighting!r}; choose snr, min_snr, v, x0 or trunc_snr")
+    if weighting == "clip_snr":
+        return snr.clamp(min=1.0, max=max(gamma, 1.0))
+    raise ValueError(f"unknown weighting {weighting!r}; choose snr, min_snr, v, x0, trunc_snr or clip_snr")
 
 
 def dsm_loss(net: Callable[..., Tensor], x0: Tensor, schedule: Schedule, *, prediction: Prediction = "eps",

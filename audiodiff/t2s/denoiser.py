@@ -210,15 +210,20 @@ class AttentionBlock(nn.Module):
         nn.init.zeros_(self.ff[-1].weight)
         nn.init.zeros_(self.ff[-1].bias)
 
+    def attend(self, tokens: Tensor, text: Tensor, text_mask: Tensor, key_mask: Tensor | None) -> Tensor:
+        """The residual branches on (B, N, ch) tokens; ``key_mask`` (B, N) hides tokens from self-attention."""
+        if self.self_attn is not None:
+            tokens = tokens + self.self_attn(self.norm1(tokens), key_mask=key_mask)
+        tokens = tokens + self.cross(self.norm2(tokens), text, text_mask)
+        return tokens + self.ff(self.norm3(tokens))
+
     def forward(self, x: Tensor, text: Tensor, text_mask: Tensor, frame_mask: Tensor | None) -> Tensor:
         b, c, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2)  # (B, H * W, C), time varies fastest
-        if self.self_attn is not None:
-            keys = frame_mask[:, None, :].expand(b, h, w).reshape(b, h * w) if frame_mask is not None else None
-            tokens = tokens + self.self_attn(self.norm1(tokens), key_mask=keys)
-        tokens = tokens + self.cross(self.norm2(tokens), text, text_mask)
-        tokens = tokens + self.ff(self.norm3(tokens))
-        return tokens.transpose(1, 2).reshape(b, c, h, w)
+        keys = None
+        if frame_mask is not None and self.self_attn is not None:
+            keys = frame_mask[:, None, :].expand(b, h, w).reshape(b, h * w)
+        return self.attend(tokens, text, text_mask, keys).transpose(1, 2).reshape(b, c, h, w)
 
 
 class FrameBlock(nn.Module):
@@ -226,8 +231,8 @@ class FrameBlock(nn.Module):
     channels at one time step) is one token, so a token sees the whole spectrum at that instant.
 
     (B, C, H, W) -> (B, C, H, W): the C * H column is projected to ``dim``, a sinusoid of the frame index
-    added, then self-attention over the frames (padded frames masked), cross-attention to the caption and an
-    MLP, each a pre-LayerNorm residual branch; projected back and added to the map. The back projection starts
+    added, then an ``AttentionBlock``'s branches over the frames (self-attention with padded frames masked,
+    cross-attention to the caption, MLP); projected back and added to the map. The back projection starts
     at zero, so a new block is the identity. Why: the UNet's convolutions see a few frames and bands at a
     time, so repeated events ("three short beeps") must be kept alike by local context alone; here every
     frame can look at every other one (the DiT's frame tokens got the pitch word right, but not the frame
@@ -238,9 +243,7 @@ class FrameBlock(nn.Module):
         super().__init__()
         self.ch, self.bands = ch, bands
         self.proj_in = nn.Linear(ch * bands, dim)
-        self.norm1, self.self_attn = nn.LayerNorm(dim), Attention(dim, heads)
-        self.norm2, self.cross = nn.LayerNorm(dim), Attention(dim, heads, text_dim, null_token=True)
-        self.norm3, self.ff = nn.LayerNorm(dim), FeedForward(dim, 2)
+        self.layer = AttentionBlock(dim, heads, text_dim, self_attention=True)
         self.proj_out = nn.Linear(dim, ch * bands)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
@@ -253,9 +256,7 @@ class FrameBlock(nn.Module):
         cols = x.permute(0, 3, 1, 2).reshape(b, w, c * h)  # (B, W, C * H)
         t = self.proj_in(cols)
         t = t + _sinusoid(torch.arange(w, device=x.device), t.shape[-1]).to(t.dtype)[None]
-        t = t + self.self_attn(self.norm1(t), key_mask=frame_mask)
-        t = t + self.cross(self.norm2(t), text, text_mask)
-        t = t + self.ff(self.norm3(t))
+        t = self.layer.attend(t, text, text_mask, frame_mask)
         return x + self.proj_out(t).reshape(b, w, c, h).permute(0, 2, 3, 1)
 
 

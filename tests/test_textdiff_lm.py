@@ -398,7 +398,7 @@ def test_twin_recipes_differ_only_in_the_model():
     diffusion_only = set(inspect.signature(MaskedDiffusionModule).parameters) - \
         set(inspect.signature(ARModule).parameters)
     assert {"schedule", "time_sampling", "t_min", "train_t"} <= diffusion_only
-    for size in ("tiny", "small", "tiny_char"):
+    for size in ("tiny", "small", "tiny_char", "tiny_bpe"):
         a = yaml.safe_load((RECIPES / "textdiff" / f"{size}.yaml").read_text())
         b = yaml.safe_load((RECIPES / "textdiff" / f"{size}_ar.yaml").read_text())
         assert a["data"] == b["data"] and a["trainer"] == b["trainer"] and a["seed_everything"] == b["seed_everything"]
@@ -406,6 +406,15 @@ def test_twin_recipes_differ_only_in_the_model():
         assert {**ma["net"]["init_args"], "causal": True} == mb["net"]["init_args"]
         assert {k: v for k, v in ma.items() if k != "net" and k not in diffusion_only} == \
             {k: v for k, v in mb.items() if k != "net"}
+    # the block recipe is the whole-window one with blocks (and its own training times)
+    for family in ("tiny_char", "tiny_bpe"):
+        a = yaml.safe_load((RECIPES / "textdiff" / f"{family}.yaml").read_text())
+        b = yaml.safe_load((RECIPES / "textdiff" / f"{family}_block.yaml").read_text())
+        assert a["data"] == b["data"] and a["trainer"] == b["trainer"]
+        ma, mb = a["model"]["init_args"], b["model"]["init_args"]
+        assert {**ma["net"]["init_args"], "block_size": mb["net"]["init_args"]["block_size"]} == mb["net"]["init_args"]
+        assert {k: v for k, v in ma.items() if k not in ("net", "train_t")} == \
+            {k: v for k, v in mb.items() if k not in ("net", "train_t")}
     with torch.device("meta"):  # count parameters without allocating them
         small = TransformerNet(**yaml.safe_load((RECIPES / "textdiff" / "small.yaml").read_text())
                                ["model"]["init_args"]["net"]["init_args"])

@@ -8,8 +8,10 @@ Training (LightningCLI; recipes in ``recipes/textdiff``; the AR twin has its own
         --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt          # resume
     textdiff validate|test -c ... --ckpt_path CKPT
 
-Token files with a small vocabulary learnt from the corpus (what the CPU recipes ``tiny_char*.yaml`` train on):
+Token files with a small vocabulary learnt from the corpus (what the CPU recipes ``tiny_bpe*.yaml`` and
+``tiny_char*.yaml`` train on):
 
+    textdiff tokenize --tokenizer bpe:8192 --data text-small --sources shakespeare --out data/shakespeare_bpe
     textdiff tokenize --tokenizer char --data text-small --sources shakespeare --out data/shakespeare_char
     textdiff tokenize --tokenizer bpe:4096 --data my_corpus/ --out data/mine   # train/ validation/ test/ of .txt
 

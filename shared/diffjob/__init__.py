@@ -13,8 +13,9 @@ each in its own process, whenever their inputs are ready, ``--jobs``):
     vae          mel VAE, recipes/t2s/vae_tiny.yaml, exported with its measured latent scale
     t2s          latent diffusion, recipes/t2s/ldm_tiny.yaml, exported as a pipeline (audio via Griffin-Lim
                  or the vocoder, whichever measured better)
-    text_tokens  character tokens of the text set's Shakespeare (alphabet from its train split)
-    lm, lm_ar    masked diffusion LM and its autoregressive twin, recipes/textdiff/tiny_char{,_ar}.yaml
+    text_tokens  byte-level BPE tokens (8,192 ids, learnt from its train split) of the text set's Shakespeare
+    lm, lm_block, lm_ar  masked diffusion LM, block diffusion LM and their autoregressive twin,
+                 recipes/textdiff/tiny_bpe{,_block,_ar}.yaml
     eval_*       the vocoder, text-to-sound and text evaluations (the same code as the ``evaluate`` commands)
     report       index.html + media/ (WAV, PNG) + results.json
 

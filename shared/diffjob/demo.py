@@ -349,9 +349,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("eval_t2s", eval_t2s, ("data", "t2s", "vocoder", "eval_vocoder", "t2s_classifier"),
           ("name", "t2s_captions", "t2s_pairs", "t2s_steps")),
     Stage("text_tokens", stage_text_tokens, ("data",), extra=lambda ctx: {"tokenizer": TEXT_TOKENIZER}),
-    Stage("lm", stage_lm, ("text_tokens",), LM_FIELDS, ("textdiff/tiny_bpe.yaml",)),
+    # longest first: the core that finishes the text-to-sound chain then takes the shortest (lm)
     Stage("lm_block", stage_lm, ("text_tokens",), LM_FIELDS, ("textdiff/tiny_bpe_block.yaml",)),
     Stage("lm_ar", stage_lm, ("text_tokens",), LM_FIELDS, ("textdiff/tiny_bpe_ar.yaml",)),
+    Stage("lm", stage_lm, ("text_tokens",), LM_FIELDS, ("textdiff/tiny_bpe.yaml",)),
     Stage("eval_text", eval_text, ("text_tokens", "lm", "lm_block", "lm_ar"),
           ("text_windows", "text_samples", "text_sample_steps", "text_block_steps")),
 )

@@ -295,10 +295,10 @@ def test_text_recipes_are_sized_for_the_demo_tokenizer():
     # `textdiff tokenize --tokenizer <TEXT_TOKENIZER>` output gets the recipe's own size
     import yaml
 
-    from diffjob.demo import STAGES as JOB, TEXT_TOKENIZER, default_recipes
+    from diffjob import demo
 
-    ids = int(TEXT_TOKENIZER.removeprefix("bpe:"))
-    for stage in (s for s in JOB if s.name.startswith("lm")):
+    ids = int(demo.TEXT_TOKENIZER.removeprefix("bpe:"))
+    for stage in (s for s in demo.STAGES if s.name.startswith("lm")):
         (recipe,) = stage.recipes
-        config = yaml.safe_load((default_recipes() / recipe).read_text())
+        config = yaml.safe_load((demo.default_recipes() / recipe).read_text())
         assert config["model"]["init_args"]["net"]["init_args"]["vocab_size"] == config["data"]["vocab_size"] == ids

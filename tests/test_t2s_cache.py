@@ -106,3 +106,26 @@ def test_module_trains_on_cached_latents(tmp_path):
     torch.testing.assert_close(z_cached * m_cached[:, None, None], z_audio * m_audio[:, None, None], atol=1e-4,
                                rtol=1e-3)
     assert np.isfinite(cached)
+
+
+def test_module_trains_only_on_its_time_range(tmp_path):
+    """``train_t`` trains an expert for part of the path: every time the net sees lies in the range."""
+    import pytest
+
+    root = write_folder(tmp_path / "data", {"a": 32 * 256, "b": 32 * 256})
+    vae = small_vae()
+    net = UNetDenoiser(in_channels=2, channels=(8, 16), attention_levels=(1,), emb_dim=16, heads=2,
+                       text_vocab_size=ByteTextEncoder.vocab_size, text_encoder_dim=8, text_encoder_depth=1)
+    with pytest.raises(ValueError, match="train_t"):
+        LatentDiffusionModule(net, vae, ByteTextEncoder(), train_t=(0.9, 0.5))
+    module = LatentDiffusionModule(net, vae, ByteTextEncoder(), train_t=(0.8, 1.0))
+    dm = CaptionedMelDataModule(str(root), segment_frames=32, batch_size=2, val_split=None)
+    dm.setup("fit")
+    module.use_latent_cache(dm)
+    seen: list[torch.Tensor] = []
+    net.register_forward_pre_hook(lambda m, args: seen.append(args[1].detach().clone()))
+    module.train()
+    for batch in list(dm.train_dataloader()) * 8:
+        module.compute_loss(batch).backward()
+    t = torch.cat(seen)
+    assert t.numel() == 16 and t.min() >= 0.8 and t.max() <= 1.0 and t.max() - t.min() > 0.05

@@ -528,3 +528,42 @@ def test_band_coordinate_is_one_more_input_channel(tmp_path):
         probe.conv_in.register_forward_hook(lambda m, i, o: seen.append(o[0, 0, :, 0].clone()))
         probe(torch.zeros(1, 3, 20, 8), torch.tensor([0.5]), text=text[:1], text_mask=mask[:1])
     torch.testing.assert_close(seen[0], torch.linspace(-1, 1, 20))
+
+
+def test_time_split_denoiser_hands_each_time_to_its_expert_and_round_trips(tmp_path):
+    from audiodiff.t2s import TimeSplitDenoiser
+
+    torch.manual_seed(0)
+    low, high = perturbed(NETS["unet"](**TEXT["states"])), perturbed(NETS["dit"](**TEXT["states"]))
+    joined = TimeSplitDenoiser.combine(low, high, boundary=0.8).eval()
+    z = torch.randn(4, 3, 20, 8)
+    text, mask = caption_inputs("states", 4)
+    t = torch.tensor([0.2, 0.8, 0.81, 1.0])  # the boundary itself belongs to the low-noise expert
+    with torch.no_grad():
+        out = joined(z, t, text=text, text_mask=mask)
+        want = torch.cat([low(z[:2], t[:2], text=text[:2], text_mask=mask[:2]),
+                          high(z[2:], t[2:], text=text[2:], text_mask=mask[2:])])
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+        # one time for the whole batch (the samplers' case) goes to one expert only
+        torch.testing.assert_close(joined(z, torch.tensor(0.9), text=text, text_mask=mask),
+                                   high(z, torch.tensor(0.9), text=text, text_mask=mask), atol=1e-6, rtol=1e-6)
+    joined.save_pretrained(tmp_path / "d")
+    back = CaptionDenoiser.from_pretrained(tmp_path / "d")
+    assert type(back) is TimeSplitDenoiser and back.boundary == 0.8 and back.in_channels == 3
+    with torch.no_grad():
+        assert torch.equal(back(z, t, text=text, text_mask=mask), out)
+
+
+def test_time_split_denoiser_refuses_experts_that_do_not_fit():
+    from audiodiff.t2s import TimeSplitDenoiser
+
+    low = NETS["unet"](**TEXT["states"])
+    with pytest.raises(ValueError, match="text_dim"):
+        TimeSplitDenoiser.combine(low, NETS["unet"](text_dim=16))
+    with pytest.raises(ValueError, match="in_channels"):
+        TimeSplitDenoiser.combine(low, UNetDenoiser(in_channels=4, channels=(16, 32), heads=2, emb_dim=32, groups=4,
+                                                    text_dim=12))
+    with pytest.raises(ValueError, match="boundary"):
+        TimeSplitDenoiser.combine(low, low, boundary=1.0)
+    with pytest.raises(TypeError, match="CaptionDenoiser"):
+        TimeSplitDenoiser({"class": "torch.nn:Linear", "config": {}}, {"class": "x", "config": {}})

@@ -7,7 +7,7 @@ default; ``ByteTextEncoder`` + a caption transformer trained with the denoiser),
 continue, vary) and evaluation (``audiodiff.t2s.evaluate``).
 """
 
-from .denoiser import CaptionDenoiser, DiTDenoiser, UNetDenoiser
+from .denoiser import CaptionDenoiser, DiTDenoiser, TimeSplitDenoiser, UNetDenoiser
 from .inference import AudioOutput, AudioPipeline
 from .module import (
     CaptionedMelDataModule,
@@ -22,5 +22,5 @@ from .vae import MelVAE, Posterior, kl_to_standard_normal
 
 __all__ = ["AudioOutput", "AudioPipeline", "ByteTextEncoder", "CaptionCache", "CaptionDenoiser",
            "CaptionTransformer", "CaptionedMelDataModule", "DiTDenoiser", "LatentDiffusionModule", "MelVAE",
-           "Posterior", "PretrainedTextEncoder", "TextEncoder", "UNetDenoiser", "VAEModule", "drop_captions",
-           "export_pipeline", "export_vae", "kl_to_standard_normal"]
+           "Posterior", "PretrainedTextEncoder", "TextEncoder", "TimeSplitDenoiser", "UNetDenoiser", "VAEModule",
+           "drop_captions", "export_pipeline", "export_vae", "kl_to_standard_normal"]

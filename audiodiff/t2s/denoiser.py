@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffcore.nn import FiLM, NoiseLevelEmbedding
-from diffcore.pretrained import PretrainedMixin, capture_config
+from diffcore.pretrained import PretrainedMixin, capture_config, class_path, import_class
 
 from .text_encoder import CaptionTransformer
 
@@ -482,3 +482,69 @@ class DiTDenoiser(CaptionDenoiser):
         x = tokens.reshape(b, self.rows, cols, c, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(b, c, self.rows * ph,
                                                                                             cols * pw)
         return x[:, :, :h, :w]
+
+
+# --------------------------------------------------------------------------------------------------
+# experts by noise level
+
+
+class TimeSplitDenoiser(CaptionDenoiser):
+    """Two caption denoisers, each for part of the sampling path: ``high`` at diffusion times above
+    ``boundary`` (where a clip's layout - which bands sound, how many events, how long - is decided),
+    ``low`` at or below it (its detail). The experts of eDiff-I (Balaji et al. 2022), with two experts.
+
+    The nets are trained apart (``LatentDiffusionModule(train_t=...)``) and joined with ``combine``; they must
+    take the same latents and caption input. ``c_noise`` must be the diffusion time t (``noise_input="t"``).
+
+    Args:
+        low, high: ``{"class": "module:QualName", "config": {...}}`` of each net (as ``combine`` writes them).
+        boundary: the time in (0, 1) where sampling hands over from ``high`` to ``low``.
+    """
+
+    def __init__(self, low: dict, high: dict, boundary: float = 0.85):
+        super().__init__()
+        self.config = capture_config(locals())
+        if not 0.0 < boundary < 1.0:
+            raise ValueError(f"boundary must be a diffusion time in (0, 1), got {boundary}")
+        nets = []
+        for name, spec in (("low", low), ("high", high)):
+            if not isinstance(spec, dict) or not {"class", "config"} <= spec.keys():
+                raise ValueError(f"{name} must be {{'class': 'module:QualName', 'config': {{...}}}} of a "
+                                 f"CaptionDenoiser (TimeSplitDenoiser.combine writes it)")
+            klass = import_class(spec["class"])
+            if not (isinstance(klass, type) and issubclass(klass, CaptionDenoiser)) or klass is TimeSplitDenoiser:
+                raise TypeError(f"{name} must name a single CaptionDenoiser, got {spec['class']!r}")
+            nets.append(klass(**spec["config"]))
+        self.low, self.high = nets
+        a, b = self.low, self.high
+        for attr in ("in_channels", "text_dim", "token_vocab_size", "uses_token_ids"):
+            if getattr(a, attr) != getattr(b, attr):
+                raise ValueError(f"the two experts differ in {attr} ({getattr(a, attr)} vs {getattr(b, attr)}): "
+                                 "they must take the same latents and caption input")
+        self.in_channels, self.text_dim, self.token_vocab_size = a.in_channels, a.text_dim, a.token_vocab_size
+        self.boundary = float(boundary)
+
+    @classmethod
+    def combine(cls, low: CaptionDenoiser, high: CaptionDenoiser, boundary: float = 0.85) -> TimeSplitDenoiser:
+        """A ``TimeSplitDenoiser`` holding copies of two trained nets' weights."""
+        spec = {name: {"class": class_path(type(net)), "config": net.config}
+                for name, net in (("low", low), ("high", high))}
+        joined = cls(spec["low"], spec["high"], boundary)
+        joined.low.load_state_dict(low.state_dict())
+        joined.high.load_state_dict(high.state_dict())
+        return joined
+
+    @property
+    def uses_token_ids(self) -> bool:
+        return self.low.uses_token_ids
+
+    def forward(self, z_t: Tensor, c_noise: Tensor, **cond: Tensor) -> Tensor:
+        t = c_noise.expand(z_t.shape[0]) if c_noise.ndim == 0 else c_noise
+        noisy = t > self.boundary
+        if bool(noisy.all()):
+            return self.high(z_t, c_noise, **cond)
+        if not bool(noisy.any()):
+            return self.low(z_t, c_noise, **cond)
+        # a batch that straddles the boundary: each example from its own expert
+        out = self.low(z_t, c_noise, **cond)
+        return torch.where(noisy[:, None, None, None], self.high(z_t, c_noise, **cond), out)

@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from diffcore.lightning import DiffusionModule, load_net, read_checkpoint
-from diffcore.losses import Weighting, dsm_loss
+from diffcore.losses import Weighting, dsm_loss, sample_t
 from diffcore.parameterization import NoiseInput, Prediction
 from diffcore.schedules import CosineSchedule, Schedule, schedule_from_config
 
@@ -443,6 +443,8 @@ class LatentDiffusionModule(_MelBatches, DiffusionModule):
             (``LatentCache``) and train on those latents; False encodes each batch's audio at every step.
         latent_cache_dir: a directory to keep the latent caches in between runs (``latents-<split>.safetensors``,
             rebuilt when the VAE or the data change); None: in memory only.
+        train_t: the range of diffusion times trained on (default all of [0, 1]); a narrower range trains an
+            expert for part of the sampling path (``TimeSplitDenoiser``).
         training: the optimizer, LR schedule and EMA settings, passed to ``DiffusionModule`` (see its arguments).
     """
 
@@ -450,12 +452,16 @@ class LatentDiffusionModule(_MelBatches, DiffusionModule):
                  schedule: Schedule | None = None, prediction: Prediction = "v", weighting: Weighting | None = None,
                  noise_input: NoiseInput = "t", caption_dropout: float = 0.1, sample_latents: bool = False,
                  cache_path: str | None = None, cache_latents: bool = True, latent_cache_dir: str | None = None,
-                 **training: Any):
+                 train_t: tuple[float, float] = (0.0, 1.0), **training: Any):
         super().__init__(net, **training)
         from .inference import check_components
 
         if not 0.0 <= caption_dropout < 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout}")
+        lo, hi = (float(v) for v in train_t)
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"train_t must be a range [lo, hi] with 0 <= lo < hi <= 1, got {list(train_t)}")
+        self.train_t = (lo, hi)
         vae_model = MelVAE.from_pretrained(vae) if isinstance(vae, (str, os.PathLike)) else vae
         if not vae_model.is_calibrated:
             raise ValueError("the VAE has no latent statistics yet; export it with `audiodiff t2s-export --kind vae` "
@@ -534,8 +540,12 @@ class LatentDiffusionModule(_MelBatches, DiffusionModule):
         if self.training and self.caption_dropout > 0:
             captions = drop_captions(captions, self.caption_dropout)
         text, text_mask = self.cache(captions, z.device)
+        t = None
+        if self.train_t != (0.0, 1.0):
+            lo, hi = self.train_t
+            t = sample_t(z.shape[0], t_min=max(lo, 1e-5), t_max=hi, generator=gen, device=z.device)
         return dsm_loss(self.net, z, self.schedule, prediction=self.prediction, weighting=self.weighting,
-                        noise_input_kind=self.noise_input, mask=zmask[:, None, None, :], generator=gen,
+                        noise_input_kind=self.noise_input, mask=zmask[:, None, None, :], generator=gen, t=t,
                         text=text, text_mask=text_mask, frame_mask=zmask)
 
     def pipeline(self, vocoder: Any = None, **settings: Any) -> Any:

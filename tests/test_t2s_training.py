@@ -84,25 +84,33 @@ def test_vae_export_measures_the_latent_scale_on_the_training_data(trained_vae):
         torch.testing.assert_close(vae.state_dict()[k], ema_state[k])
 
 
+def ldm_args(trained_vae: dict, vae_dir: Path, run: str, steps: int, *recipes: str) -> list[str]:
+    """ldm_tiny (+ ``recipes`` after it), shrunk for the test's folder of two clips."""
+    tmp = trained_vae["tmp"]
+    files = ["recipes/_base/trainer.yaml", "recipes/t2s/ldm_tiny.yaml", *recipes]
+    return [*(a for f in files for a in ("-c", str(ROOT / f))),
+            "--data.init_args.root", str(trained_vae["data"]), *COMMON,
+            "--model.init_args.vae", str(vae_dir),
+            "--model.init_args.text_encoder", "audiodiff.t2s.ByteTextEncoder",
+            "--model.init_args.net.init_args.text_vocab_size", "259",
+            "--model.init_args.net.init_args.text_encoder_dim", "32",
+            "--model.init_args.net.init_args.text_encoder_depth", "1",
+            "--model.init_args.net.init_args.channels", "[32, 32]",
+            "--model.init_args.net.init_args.emb_dim", "64",
+            "--model.init_args.cache_path", str(tmp / "captions.safetensors"),
+            "--model.init_args.latent_cache_dir", str(tmp / run),
+            "--model.init_args.lr", "2e-3", "--model.init_args.warmup_steps", "0",
+            "--model.init_args.lr_decay", "constant", "--model.init_args.ema_decay", "0.8",
+            "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
+            "--trainer.default_root_dir", str(tmp / run)]
+
+
 def test_ldm_recipe_overfits_and_exports_a_pipeline(trained_vae):
     tmp = trained_vae["tmp"]
     vae_dir = tmp / "vae_for_ldm"
     trained_vae["cli"].model.save_pretrained(vae_dir)  # EMA weights with the statistics measured at the end
     torch.manual_seed(0)
-    cli = fit(["-c", str(ROOT / "recipes/_base/trainer.yaml"), "-c", str(ROOT / "recipes/t2s/ldm_tiny.yaml"),
-               "--data.init_args.root", str(trained_vae["data"]), *COMMON,
-               "--model.init_args.vae", str(vae_dir),
-               "--model.init_args.text_encoder", "audiodiff.t2s.ByteTextEncoder",
-               "--model.init_args.net.init_args.text_vocab_size", "259",
-               "--model.init_args.net.init_args.text_encoder_dim", "32",
-               "--model.init_args.net.init_args.text_encoder_depth", "1",
-               "--model.init_args.net.init_args.channels", "[32, 32]",
-               "--model.init_args.net.init_args.emb_dim", "64",
-               "--model.init_args.cache_path", str(tmp / "captions.safetensors"),
-               "--model.init_args.lr", "2e-3", "--model.init_args.warmup_steps", "0",
-               "--model.init_args.lr_decay", "constant", "--model.init_args.ema_decay", "0.8",
-               "--trainer.max_steps", "150", "--trainer.val_check_interval", "150",
-               "--trainer.default_root_dir", str(tmp / "ldm_run")], run=False)
+    cli = fit(ldm_args(trained_vae, vae_dir, "ldm_run", 150), run=False)
     model = cli.model
     assert isinstance(model, LatentDiffusionModule) and model.caption_dropout == 0.1
     cli.datamodule.setup("fit")
@@ -132,3 +140,29 @@ def test_ldm_recipe_overfits_and_exports_a_pipeline(trained_vae):
     model.save_pipeline(tmp / "pipe2", steps=4, guidance=2.0)
     again = AudioPipeline.from_pretrained(tmp / "pipe2")(list(CAPTIONS.values()), seconds=0.4, seed=0)
     assert torch.equal(again.latents, out.latents)
+
+
+def test_high_noise_expert_recipe_joins_the_pipeline(trained_vae):
+    """ldm_tiny_high trains the same net on t in [0.8, 1] only; exported with --high it samples above the
+    boundary, and the export refuses a boundary outside the experts' ranges or experts of other VAEs."""
+    from audiodiff.t2s import TimeSplitDenoiser
+
+    tmp = trained_vae["tmp"]
+    vae_dir = tmp / "vae_for_ldm"
+    if not vae_dir.is_dir():
+        trained_vae["cli"].model.save_pretrained(vae_dir)
+    ckpts = {}
+    for name, extra in (("low", ()), ("high", ("recipes/t2s/ldm_tiny_high.yaml",))):
+        torch.manual_seed(0)
+        cli = fit(ldm_args(trained_vae, vae_dir, f"expert_{name}", 20, *extra), run=False)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        ckpts[name] = tmp / f"{name}.ckpt"
+        cli.trainer.save_checkpoint(ckpts[name])
+    assert cli.model.train_t == (0.8, 1.0) and cli.model.weighting == "x0"
+    pipe = AudioPipeline.from_pretrained(export_pipeline(ckpts["low"], tmp / "pipe2", high=ckpts["high"], steps=4))
+    assert isinstance(pipe.denoiser, TimeSplitDenoiser) and pipe.denoiser.boundary == 0.85
+    out = pipe(list(CAPTIONS.values()), seconds=0.4, seed=0)
+    assert torch.isfinite(out.audio).all()
+    with pytest.raises(ValueError, match=r"boundary 0.5 must lie in both experts' training ranges"):
+        export_pipeline(ckpts["low"], tmp / "pipe3", high=ckpts["high"], boundary=0.5)
+    assert not (tmp / "pipe3").exists()

@@ -3,7 +3,7 @@
     audiodiff t2s-fit fit -c recipes/_base/trainer.yaml -c recipes/t2s/vae_tiny.yaml  # LightningCLI fit
     audiodiff t2s-export VAE_CKPT runs/t2s-vae-tiny/vae                  # measures the latent scale on data
     audiodiff t2s-fit fit -c recipes/_base/trainer.yaml -c recipes/t2s/ldm_tiny.yaml
-    audiodiff t2s-export LDM_CKPT runs/t2s-tiny [--vocoder VOCODER_DIR] [--guidance 3]
+    audiodiff t2s-export LDM_CKPT runs/t2s-tiny [--vocoder VOCODER_DIR] [--guidance 3] [--high HIGH_CKPT]
     audiodiff generate "three short high beeps, fading out" --model runs/t2s-tiny -o beeps.wav
     audiodiff generate "a violin playing a low note twice" "a loud hiss" --seed 0 -o out.wav   # out_0, out_1
     audiodiff generate "a piano note" --init-audio in.wav --strength 0.6 -o var.wav           # variation
@@ -83,8 +83,11 @@ def _export(ns: argparse.Namespace) -> int:
     if issubclass(module, LatentDiffusionModule):
         settings = {k: v for k, v in (("steps", ns.steps), ("guidance", ns.guidance), ("sampler", ns.sampler))
                     if v is not None}
-        path = export_pipeline(ckpt, ns.out, vocoder=ns.vocoder, ema=not ns.raw_weights, **settings)
-        print(f"exported the text-to-sound pipeline to {path}" + ("" if ns.vocoder else " (Griffin-Lim: no vocoder)"))
+        path = export_pipeline(ckpt, ns.out, high=ns.high, boundary=ns.boundary, vocoder=ns.vocoder,
+                               ema=not ns.raw_weights, **settings)
+        experts = f" (high-noise expert above t = {ns.boundary})" if ns.high else ""
+        print(f"exported the text-to-sound pipeline{experts} to {path}"
+              + ("" if ns.vocoder else " (Griffin-Lim: no vocoder)"))
         return 0
     raise ValueError(f"{ns.checkpoint} is a {module.__name__} checkpoint, neither a VAEModule nor a "
                      "LatentDiffusionModule one; export it with the command of the model it belongs to")
@@ -193,6 +196,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data", default=None, help="VAE: data for the latent statistics (default: the training data)")
     p.add_argument("--batches", type=positive_int, default=16, help="VAE: batches for the statistics")
     p.add_argument("--vocoder", default=None, help="LDM: vocoder directory to include (default: Griffin-Lim)")
+    p.add_argument("--high", default=None, metavar="CKPT",
+                   help="LDM: a high-noise expert's checkpoint (recipes/t2s/ldm_tiny_high.yaml) for the times above "
+                        "--boundary")
+    p.add_argument("--boundary", type=float, default=0.85, help="LDM with --high: the time where sampling hands "
+                                                                "over to the main checkpoint")
     p.add_argument("--steps", type=positive_int, default=None, help="LDM: default sampler steps")
     p.add_argument("--guidance", type=float, default=None, help="LDM: default guidance scale")
     p.add_argument("--sampler", default=None, help="LDM: default sampler")

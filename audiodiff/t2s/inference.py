@@ -42,7 +42,7 @@ from diffcore.schedules import CosineSchedule, Schedule, schedule_from_config
 from diffcore.timesteps import GRIDS, make_grid
 
 from ..mel import MelConfig, MelSpectrogram, griffin_lim
-from .denoiser import CaptionDenoiser
+from .denoiser import CaptionDenoiser, TimeSplitDenoiser
 from .text_encoder import TextEncoder, encoder_from_reference
 from .vae import MelVAE, latent_frame_mask
 
@@ -106,6 +106,9 @@ class AudioPipeline:
         self.mel_config: MelConfig = vae.mel_config
         self.mel_fn = MelSpectrogram(self.mel_config)
         check_components(vae, denoiser, text_encoder, vocoder)
+        if isinstance(denoiser, TimeSplitDenoiser) and noise_input != "t":
+            raise ValueError(f"a TimeSplitDenoiser splits by the diffusion time: it needs noise_input='t', "
+                             f"not {noise_input!r}")
         if not vae.is_calibrated:
             raise ValueError("the VAE's latent scale has not been computed from data (MelVAE.fit_latent_statistics); "
                              "export it with `audiodiff t2s-export` or VAEModule, which compute it")

@@ -37,7 +37,7 @@ from diffcore.parameterization import NoiseInput, Prediction
 from diffcore.schedules import CosineSchedule, Schedule, schedule_from_config
 
 from ..mel import MelConfig, MelSpectrogram
-from .denoiser import CaptionDenoiser
+from .denoiser import CaptionDenoiser, TimeSplitDenoiser
 from .text_encoder import CaptionCache, PretrainedTextEncoder, TextEncoder, encoder_from_reference
 from .vae import MelVAE
 
@@ -564,18 +564,43 @@ class LatentDiffusionModule(_MelBatches, DiffusionModule):
         return {
             "vae_config": self.vae.config, "vae_state": {k: v.cpu() for k, v in self.vae.state_dict().items()},
             "text_encoder": self.text_encoder.reference(), "schedule": self.schedule.config(),
-            "prediction": self.prediction, "noise_input": self.noise_input,
+            "prediction": self.prediction, "noise_input": self.noise_input, "train_t": list(self.train_t),
         }
 
 
+def join_experts(low: CaptionDenoiser, low_info: dict[str, Any], high: CaptionDenoiser, high_info: dict[str, Any],
+                 boundary: float) -> TimeSplitDenoiser:
+    """Two trained nets (with their checkpoints' export metadata) as one ``TimeSplitDenoiser``, after checking
+    that they were trained for the same pipeline and that each covers its side of ``boundary``."""
+    for key in ("vae_config", "text_encoder", "schedule", "prediction", "noise_input"):
+        if low_info[key] != high_info[key]:
+            raise ValueError(f"the two experts were trained with different {key} ({low_info[key]} vs "
+                             f"{high_info[key]}); train the high-noise one with the same recipe and VAE")
+    if any(not torch.equal(v, high_info["vae_state"][k]) for k, v in low_info["vae_state"].items()):
+        raise ValueError("the two experts were trained on different VAEs; train both on the same exported VAE")
+    if low_info["noise_input"] != "t":
+        raise ValueError(f"experts split by time need nets conditioned on t, not {low_info['noise_input']!r}")
+    (llo, lhi), (hlo, hhi) = (low_info.get("train_t", (0.0, 1.0)), high_info.get("train_t", (0.0, 1.0)))
+    if not (llo <= boundary <= lhi and hlo <= boundary < hhi):
+        raise ValueError(f"boundary {boundary} must lie in both experts' training ranges (low-noise net "
+                         f"[{llo}, {lhi}], high-noise net [{hlo}, {hhi}]); pick a boundary inside both")
+    return TimeSplitDenoiser.combine(low, high, boundary)
+
+
 def export_pipeline(checkpoint: str | os.PathLike | dict[str, Any], directory: str | os.PathLike, *,
+                    high: str | os.PathLike | dict[str, Any] | None = None, boundary: float = 0.85,
                     vocoder: Any = None, ema: bool = True, **settings: Any) -> Path:
     """A ``LatentDiffusionModule`` checkpoint -> a pipeline directory (VAE, denoiser, text-encoder reference,
-    and ``vocoder`` (a ``Vocoder`` or its directory) if given). ``settings``: pipeline defaults (steps,
-    guidance, sampler, ...). Only export checkpoints you trust (they are pickles)."""
+    and ``vocoder`` (a ``Vocoder`` or its directory) if given). ``high``: the checkpoint of a high-noise
+    expert (trained with ``train_t`` from at most ``boundary`` to 1), which then samples the times above
+    ``boundary`` (``TimeSplitDenoiser``). ``settings``: pipeline defaults (steps, guidance, sampler, ...).
+    Only export checkpoints you trust (they are pickles)."""
     from .inference import AudioPipeline
 
     net, info = load_net(read_checkpoint(checkpoint, LatentDiffusionModule), ema=ema)
+    if high is not None:
+        high_net, high_info = load_net(read_checkpoint(high, LatentDiffusionModule), ema=ema)
+        net = join_experts(net, info, high_net, high_info, boundary)
     vae = MelVAE(**info["vae_config"])
     vae.load_state_dict(info["vae_state"])
     if isinstance(vocoder, (str, os.PathLike)):

@@ -24,8 +24,8 @@ from diffcore.lightning import AtomicCheckpointIO
 from diffjob import DemoError
 from diffjob.demo import run_demo
 
-STAGES = ("data", "vocoder", "vae", "t2s", "t2s_classifier", "text_tokens", "lm", "lm_block", "lm_ar", "eval_vocoder",
-          "eval_t2s", "eval_text")
+STAGES = ("data", "vocoder", "vae", "t2s_cache", "t2s", "t2s_high", "t2s_experts", "t2s_classifier", "text_tokens",
+          "lm", "lm_block", "lm_ar", "eval_vocoder", "eval_t2s", "eval_text")
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,16 @@ def test_smoke_report_numbers_are_sane(smoke):
     assert backend["name"] == ("vocoder" if backend["vocoder_logmel"] < backend["griffin_lim_logmel"]
                                else "griffin_lim")
 
+    # the evaluated pipeline joins the two latent stages' nets: the expert above the boundary
+    from audiodiff.t2s import AudioPipeline, TimeSplitDenoiser
+
+    pipe = AudioPipeline.from_pretrained(res["t2s"]["experts"]["model"])
+    assert isinstance(pipe.denoiser, TimeSplitDenoiser) and pipe.denoiser.boundary == res["t2s"]["experts"]["boundary"]
+    assert res["t2s"]["high"]["steps"] == res["profile"]["ldm_high_steps"]
+    # both trained on copies of the caches the t2s_cache stage built once
+    for stage in ("t2s", "t2s_high"):
+        assert (smoke / stage / "latents-train.safetensors").stat().st_size == (
+            smoke / "t2s_cache" / "latents-train.safetensors").stat().st_size
     ev = res["t2s"]["eval"]
     for who in ("generated", "ceiling", "chance"):
         scores = ev["adherence"][who]
@@ -91,7 +101,7 @@ def test_smoke_report_numbers_are_sane(smoke):
     assert all(o.startswith("ROMEO:\nBut soft, what") and " through yonder" in o and o.endswith(" breaks?")
                for o in text["infill"]["outputs"])
 
-    for name in ("vocoder", "vae", "t2s", "lm", "lm_block", "lm_ar"):
+    for name in ("vocoder", "vae", "t2s", "t2s_high", "lm", "lm_block", "lm_ar"):
         curve = res["curves"][name]
         train = next(v for k, v in curve.items() if k.startswith("train"))
         assert len(train) >= 2 and all(_finite(v) for _, v in train), name
@@ -154,7 +164,8 @@ def test_a_trained_vocoder_replaces_the_tiny_one_without_being_touched(smoke, ti
                    vocoder=source, say=said.append)
     for stage in ("vocoder", "eval_vocoder", "eval_t2s"):
         assert f"[{stage}] starting" in said, said
-    for stage in ("data", "vae", "t2s", "t2s_classifier", "lm", "lm_block", "lm_ar", "eval_text"):
+    for stage in ("data", "vae", "t2s_cache", "t2s", "t2s_high", "t2s_experts", "t2s_classifier", "lm", "lm_block",
+                  "lm_ar", "eval_text"):
         assert any(line.startswith(f"[{stage}] done earlier") for line in said), stage
     voc = res["vocoder"]
     assert voc["source"] == str(source.resolve()) and voc["steps"] is None

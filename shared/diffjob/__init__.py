@@ -11,8 +11,11 @@ each in its own process, whenever their inputs are ready, ``--jobs``):
     vocoder      WaveGrad, recipes/vocoder/tiny.yaml, then a searched 6-step schedule (``--vocoder DIR``:
                  a copy of a vocoder trained elsewhere instead)
     vae          mel VAE, recipes/t2s/vae_tiny.yaml, exported with its measured latent scale
-    t2s          latent diffusion, recipes/t2s/ldm_tiny.yaml, exported as a pipeline (audio via Griffin-Lim
-                 or the vocoder, whichever measured better)
+    t2s_cache    every clip's VAE posterior and caption states, encoded once for the two stages below
+    t2s          latent diffusion on all times, recipes/t2s/ldm_tiny.yaml, also exported alone as a pipeline
+    t2s_high     its high-noise expert, + recipes/t2s/ldm_tiny_high.yaml (times 0.8..1 only), beside it
+    t2s_experts  the pipeline evaluated: the expert above t = 0.85, the all-times net below (audio via
+                 Griffin-Lim or the vocoder, whichever measured better)
     text_tokens  byte-level BPE tokens (8,192 ids, learnt from its train split) of the text set's Shakespeare
     lm, lm_block, lm_ar  masked diffusion LM, block diffusion LM and their autoregressive twin,
                  recipes/textdiff/tiny_bpe{,_block,_ar}.yaml

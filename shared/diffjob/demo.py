@@ -41,7 +41,18 @@ from textdiff.evaluate import evaluate_pair as evaluate_text_pair
 from textdiff.inference import TextGenerator
 from textdiff.module import export_checkpoint as export_lm
 
-from .stages import DemoError, Job, Stages, cpu_cores, fingerprint, loss_curves, run_jobs, train, write_json
+from .stages import (
+    DemoError,
+    Job,
+    Stages,
+    configured_cli,
+    cpu_cores,
+    fingerprint,
+    loss_curves,
+    run_jobs,
+    train,
+    write_json,
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,7 @@ class Profile:
     vocoder_steps: int
     vae_steps: int
     ldm_steps: int
+    ldm_high_steps: int
     lm_steps: int
     lm_batch_size: int
     search_utterances: int
@@ -72,11 +84,13 @@ class Profile:
 
 
 PROFILES = {
-    "full": Profile("full", "small", vocoder_steps=400, vae_steps=300, ldm_steps=2000, lm_steps=2000, lm_batch_size=12,
+    "full": Profile("full", "small", vocoder_steps=400, vae_steps=300, ldm_steps=2000, ldm_high_steps=2000,
+                    lm_steps=2000, lm_batch_size=12,
                     search_utterances=3, eval_utterances=8, eval_seconds=3.0, vocoder_eval_steps=(6, 50),
                     t2s_captions=96, t2s_pairs=32, t2s_steps=25, classifier_epochs=1, text_windows=512, text_samples=16,
                     text_sample_steps=(8, 32, 128), text_block_steps=(16, 32, 64), val_batches=4),
-    "smoke": Profile("smoke", "tiny", vocoder_steps=12, vae_steps=12, ldm_steps=12, lm_steps=12, lm_batch_size=4,
+    "smoke": Profile("smoke", "tiny", vocoder_steps=12, vae_steps=12, ldm_steps=12, ldm_high_steps=12, lm_steps=12,
+                     lm_batch_size=4,
                      search_utterances=1, eval_utterances=2, eval_seconds=1.0, vocoder_eval_steps=(6, 50),
                      t2s_captions=4, t2s_pairs=2, t2s_steps=4, classifier_epochs=1, text_windows=8, text_samples=2,
                      text_sample_steps=(4, 16), text_block_steps=(16,), val_batches=1),
@@ -195,19 +209,63 @@ def stage_vae(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> dict[s
     return {"model": str(model), "steps": p.vae_steps}
 
 
+def _t2s_overrides(ctx: Context, d: Path, up: Results) -> dict[str, Any]:
+    """The demo's settings of a latent-model recipe: its VAE, the sounds set, and caches in the stage folder."""
+    return {"seed_everything": ctx.seed,
+            "model": {"init_args": {"vae": up["vae"]["result"]["model"], "cache_path": str(d / "captions.safetensors"),
+                                    "latent_cache_dir": str(d)}},
+            "data": {"init_args": {"root": _data(up, "sounds")}}}
+
+
+T2S_CACHES = ("captions.safetensors", "latents-train.safetensors", "latents-validation.safetensors")
+
+
+def stage_t2s_cache(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> dict[str, Any]:
+    """Encode every clip once (VAE posteriors, caption states) for both latent-model stages, which then
+    train beside each other on copies of these files instead of each encoding the set again."""
+    cli = configured_cli(d, lightning_cli, recipes, _t2s_overrides(ctx, d, up))
+    cli.datamodule.setup("fit")
+    cli.model.use_latent_cache(cli.datamodule)
+    cli.model.cache.save()
+    return {"dir": str(d), "clips": {split: len(getattr(cli.datamodule, attr).cache)
+                                     for split, attr in (("train", "train_set"), ("validation", "val_set"))}}
+
+
+def _train_latent_model(ctx: Context, d: Path, up: Results, recipes: list[Path], steps: int) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    for name in T2S_CACHES:  # the caches are checked by fingerprint when read: a stale copy is rebuilt
+        if not (d / name).is_file():
+            shutil.copy2(Path(up["t2s_cache"]["result"]["dir"]) / name, d / name)
+    return train(d, lightning_cli, recipes, _t2s_overrides(ctx, d, up), steps, ctx.profile.val_batches,
+                 ctx.progress)
+
+
 def stage_t2s(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> dict[str, Any]:
-    """Train the latent denoiser and export it as a pipeline with Griffin-Lim audio; the evaluation plugs in
-    the vocoder when it measured better (``AudioPipeline.from_pretrained(dir, vocoder=...)``)."""
-    p, sounds = ctx.profile, _data(up, "sounds")
-    ckpt = train(d, lightning_cli, recipes,
-                 {"seed_everything": ctx.seed,
-                  "model": {"init_args": {"vae": up["vae"]["result"]["model"],
-                                          "cache_path": str(d / "captions.safetensors"),
-                                          "latent_cache_dir": str(d)}},
-                  "data": {"init_args": {"root": sounds}}},
-                 p.ldm_steps, p.val_batches, ctx.progress)
+    """Train the latent denoiser on all times and export it alone as a pipeline with Griffin-Lim audio (the
+    evaluation plugs in the vocoder when it measured better: ``AudioPipeline.from_pretrained(dir, vocoder=...)``)."""
+    p = ctx.profile
+    ckpt = _train_latent_model(ctx, d, up, recipes, p.ldm_steps)
     model = export_pipeline(ckpt, d / "model", steps=p.t2s_steps)
-    return {"model": str(model), "steps": p.ldm_steps}
+    return {"model": str(model), "checkpoint": str(ckpt), "steps": p.ldm_steps}
+
+
+def stage_t2s_high(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> dict[str, Any]:
+    """Train the high-noise expert (``ldm_tiny_high.yaml``: the same net on t in [0.8, 1] only)."""
+    ckpt = _train_latent_model(ctx, d, up, recipes, ctx.profile.ldm_high_steps)
+    return {"checkpoint": str(ckpt), "steps": ctx.profile.ldm_high_steps}
+
+
+def stage_t2s_experts(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> dict[str, Any]:
+    """The pipeline the job evaluates: the high-noise expert samples above t = EXPERT_BOUNDARY, the
+    all-times net below it (``TimeSplitDenoiser``)."""
+    model = export_pipeline(up["t2s"]["result"]["checkpoint"], d / "model", high=up["t2s_high"]["result"]["checkpoint"],
+                            boundary=EXPERT_BOUNDARY, steps=ctx.profile.t2s_steps)
+    return {"model": str(model), "boundary": EXPERT_BOUNDARY}
+
+
+# where sampling hands over from the high-noise expert to the all-times net: the clips' count, duration and
+# pitch are settled above t = 0.85 (README: where the structure is decided), and the expert trains from 0.8
+EXPERT_BOUNDARY = 0.85
 
 
 TEXT_SOURCES = ["shakespeare"]  # nanoGPT's shakespeare_char set-up: the CPU anchor for "a tiny model learns text"
@@ -274,7 +332,7 @@ def eval_t2s(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> dict[st
     p = ctx.profile
     backend = audio_backend(up["eval_vocoder"]["result"]["rows"])
     vocoder = up["vocoder"]["result"]["model"] if backend["name"] == "vocoder" else None
-    result = run_t2s_evaluation(up["t2s"]["result"]["model"], _data(up, "sounds"), out=d, n=p.t2s_captions,
+    result = run_t2s_evaluation(up["t2s_experts"]["result"]["model"], _data(up, "sounds"), out=d, n=p.t2s_captions,
                                 seed=ctx.seed, steps=p.t2s_steps, vocoder=vocoder,
                                 classifier=up["t2s_classifier"]["result"]["classifier"],
                                 seconds=3.0 if p.name != "smoke" else 1.5,
@@ -344,9 +402,15 @@ STAGES: tuple[Stage, ...] = (
           extra=lambda ctx: {"pretrained": str(ctx.vocoder), "content": ctx.vocoder_hash} if ctx.vocoder else {}),
     Stage("vae", stage_vae, ("data",), ("vae_steps", "val_batches"), ("t2s/vae_tiny.yaml",)),
     Stage("eval_vocoder", eval_vocoder, ("data", "vocoder"), ("eval_utterances", "eval_seconds", "vocoder_eval_steps")),
-    Stage("t2s", stage_t2s, ("data", "vae"), ("ldm_steps", "t2s_steps", "val_batches"), ("t2s/ldm_tiny.yaml",)),
+    Stage("t2s_cache", stage_t2s_cache, ("data", "vae"), (), ("t2s/ldm_tiny.yaml",)),
+    Stage("t2s", stage_t2s, ("data", "vae", "t2s_cache"), ("ldm_steps", "t2s_steps", "val_batches"),
+          ("t2s/ldm_tiny.yaml",)),
+    Stage("t2s_high", stage_t2s_high, ("data", "vae", "t2s_cache"), ("ldm_high_steps", "val_batches"),
+          ("t2s/ldm_tiny.yaml", "t2s/ldm_tiny_high.yaml")),
+    Stage("t2s_experts", stage_t2s_experts, ("t2s", "t2s_high"), ("t2s_steps",),
+          extra=lambda ctx: {"boundary": EXPERT_BOUNDARY}),
     Stage("t2s_classifier", stage_t2s_classifier, ("data",), ("classifier_epochs",)),
-    Stage("eval_t2s", eval_t2s, ("data", "t2s", "vocoder", "eval_vocoder", "t2s_classifier"),
+    Stage("eval_t2s", eval_t2s, ("data", "t2s_experts", "vocoder", "eval_vocoder", "t2s_classifier"),
           ("name", "t2s_captions", "t2s_pairs", "t2s_steps")),
     Stage("text_tokens", stage_text_tokens, ("data",), extra=lambda ctx: {"tokenizer": TEXT_TOKENIZER}),
     # longest first: the core that finishes the text-to-sound chain then takes the shortest (lm)
@@ -365,7 +429,8 @@ def _say_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-CURVES = ("vocoder", "vae", "t2s", "lm", "lm_block", "lm_ar")  # the training stages whose loss curves the report draws
+# the training stages whose loss curves the report draws
+CURVES = ("vocoder", "vae", "t2s", "t2s_high", "lm", "lm_block", "lm_ar")
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", *, profile: str | Profile = "full", fresh: bool = False,
@@ -411,7 +476,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, profile: str | Profile = "
         "profile": asdict(prof), "seed": seed, "machine": machine_info(),
         "stage_seconds": {k: rec["seconds"] for k, rec in stages.records.items()},
         "data": r["data"], "vocoder": {**r["vocoder"], "eval": r["eval_vocoder"]},
-        "t2s": {**r["t2s"], "eval": r["eval_t2s"], "audio_backend": r["eval_t2s"]["audio_backend"]},
+        "t2s": {**r["t2s"], "high": r["t2s_high"], "experts": r["t2s_experts"], "eval": r["eval_t2s"],
+                "audio_backend": r["eval_t2s"]["audio_backend"]},
         "vae": r["vae"],
         "text": {"diffusion": r["lm"], "block": r["lm_block"], "ar": r["lm_ar"], "eval": r["eval_text"],
                  "tokens": r["text_tokens"]},

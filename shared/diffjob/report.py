@@ -181,6 +181,15 @@ def vocoder_section(results: dict[str, Any], media: Media) -> str:
     return "".join(parts)
 
 
+def _expert_note(t2s: dict[str, Any]) -> str:
+    """How the high-noise expert shares the sampling path (older runs: none)."""
+    high, experts = t2s.get("high"), t2s.get("experts")
+    if not high or not experts:
+        return ""
+    return (f"; above t = {experts['boundary']} a high-noise expert, the same net trained on those times only, "
+            f"samples instead ({high['steps']:,} steps)")
+
+
 def t2s_section(results: dict[str, Any], media: Media) -> str:
     t2s = results["t2s"]
     ev = t2s["eval"]
@@ -211,7 +220,8 @@ def t2s_section(results: dict[str, Any], media: Media) -> str:
                [_text("real vs other real clips (floor)"), fd["real_vs_real_floor"]]]
     parts = ["<section id='sounds'><h2>Text-to-sound: latent diffusion</h2>",
              f"<p>Mel VAE ({results['vae']['steps']:,} steps) and UNet denoiser with cross-attention to frozen "
-             f"MiniLM caption states ({t2s['steps']:,} steps), {ev['steps']} {_esc(ev['sampler'])} steps at "
+             f"MiniLM caption states ({t2s['steps']:,} steps{_expert_note(t2s)}), {ev['steps']} "
+             f"{_esc(ev['sampler'])} steps at "
              f"guidance {ev['guidance']}, audio through {_esc(ev['audio'])}. Captions are <b>held-out attribute "
              "combinations</b>: never heard in training. Attributes are measured back from the waveform.</p>",
              _table(head, rows, f"caption adherence (accuracy), {adh['generated']['n']} held-out captions"),
@@ -303,6 +313,7 @@ def text_section(results: dict[str, Any]) -> str:
 
 def curves_section(results: dict[str, Any]) -> str:
     names = {"vocoder": "WaveGrad vocoder", "vae": "mel VAE", "t2s": "latent denoiser",
+             "t2s_high": "latent denoiser, high-noise expert",
              "lm": "masked diffusion LM", "lm_block": "block diffusion LM", "lm_ar": "AR twin"}
     parts = ["<section id='training'><h2>Training losses</h2><div class='row'>"]
     for key, label in names.items():

@@ -196,6 +196,22 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
+def configured_cli(stage: Path, make_cli: Callable[..., Any], recipes: Sequence[Path], config: dict[str, Any]) -> Any:
+    """A LightningCLI (``run=False``) of ``recipes`` with ``config`` written to ``stage/demo.yaml`` and read
+    last, so the folder records exactly what was run."""
+    stage.mkdir(parents=True, exist_ok=True)
+    demo_yaml = stage / "demo.yaml"
+    demo_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
+    args: list[str] = []
+    for r in recipes:
+        args += ["-c", str(r)]
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI would also read the demo's own command line
+    try:
+        return make_cli([*args, "-c", str(demo_yaml)], run=False)
+    finally:
+        sys.argv = argv
+
+
 def train(stage: Path, make_cli: Callable[..., Any], recipes: Sequence[Path], overrides: dict[str, Any],
           max_steps: int, val_batches: int, progress: bool) -> Path:
     """Train the recipe(s) in ``stage`` for ``max_steps``, resuming from ``stage/checkpoints/last.ckpt``, and
@@ -226,16 +242,7 @@ def train(stage: Path, make_cli: Callable[..., Any], recipes: Sequence[Path], ov
         },
         **overrides,
     }
-    demo_yaml = stage / "demo.yaml"
-    demo_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
-    args: list[str] = []
-    for r in recipes:
-        args += ["-c", str(r)]
-    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI would also read the demo's own command line
-    try:
-        cli = make_cli([*args, "-c", str(demo_yaml)], run=False)
-    finally:
-        sys.argv = argv
+    cli = configured_cli(stage, make_cli, recipes, config)
     last = ckpt_dir / "last.ckpt"
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(last) if last.is_file() else None)
     cli.trainer.save_checkpoint(final)  # through AtomicCheckpointIO

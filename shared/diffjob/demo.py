@@ -233,9 +233,8 @@ def stage_t2s_cache(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> 
 
 def _train_latent_model(ctx: Context, d: Path, up: Results, recipes: list[Path], steps: int) -> Path:
     d.mkdir(parents=True, exist_ok=True)
-    for name in T2S_CACHES:  # the caches are checked by fingerprint when read: a stale copy is rebuilt
-        if not (d / name).is_file():
-            shutil.copy2(Path(up["t2s_cache"]["result"]["dir"]) / name, d / name)
+    for name in T2S_CACHES:  # fresh copies on every (re)start: the cache stage's files are the truth
+        shutil.copy2(Path(up["t2s_cache"]["result"]["dir"]) / name, d / name)
     return train(d, lightning_cli, recipes, _t2s_overrides(ctx, d, up), steps, ctx.profile.val_batches,
                  ctx.progress)
 
@@ -255,6 +254,11 @@ def stage_t2s_high(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> d
     return {"checkpoint": str(ckpt), "steps": ctx.profile.ldm_high_steps}
 
 
+# where sampling hands over from the high-noise expert to the all-times net: the clips' count, duration and
+# pitch are settled above t = 0.85 (README: where the structure is decided), and the expert trains from 0.8
+EXPERT_BOUNDARY = 0.85
+
+
 def stage_t2s_experts(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> dict[str, Any]:
     """The pipeline the job evaluates: the high-noise expert samples above t = EXPERT_BOUNDARY, the
     all-times net below it (``TimeSplitDenoiser``)."""
@@ -262,10 +266,6 @@ def stage_t2s_experts(ctx: Context, d: Path, up: Results, recipes: list[Path]) -
                             boundary=EXPERT_BOUNDARY, steps=ctx.profile.t2s_steps)
     return {"model": str(model), "boundary": EXPERT_BOUNDARY}
 
-
-# where sampling hands over from the high-noise expert to the all-times net: the clips' count, duration and
-# pitch are settled above t = 0.85 (README: where the structure is decided), and the expert trains from 0.8
-EXPERT_BOUNDARY = 0.85
 
 
 TEXT_SOURCES = ["shakespeare"]  # nanoGPT's shakespeare_char set-up: the CPU anchor for "a tiny model learns text"

@@ -540,10 +540,8 @@ class LatentDiffusionModule(_MelBatches, DiffusionModule):
         if self.training and self.caption_dropout > 0:
             captions = drop_captions(captions, self.caption_dropout)
         text, text_mask = self.cache(captions, z.device)
-        t = None
-        if self.train_t != (0.0, 1.0):
-            lo, hi = self.train_t
-            t = sample_t(z.shape[0], t_min=max(lo, 1e-5), t_max=hi, generator=gen, device=z.device)
+        lo, hi = self.train_t  # dsm_loss's own draw when the range is all of [0, 1]
+        t = sample_t(z.shape[0], t_min=max(lo, 1e-5), t_max=hi, generator=gen, device=z.device)
         return dsm_loss(self.net, z, self.schedule, prediction=self.prediction, weighting=self.weighting,
                         noise_input_kind=self.noise_input, mask=zmask[:, None, None, :], generator=gen, t=t,
                         text=text, text_mask=text_mask, frame_mask=zmask)
@@ -578,8 +576,6 @@ def join_experts(low: CaptionDenoiser, low_info: dict[str, Any], high: CaptionDe
                              f"{high_info[key]}); train the high-noise one with the same recipe and VAE")
     if any(not torch.equal(v, high_info["vae_state"][k]) for k, v in low_info["vae_state"].items()):
         raise ValueError("the two experts were trained on different VAEs; train both on the same exported VAE")
-    if low_info["noise_input"] != "t":
-        raise ValueError(f"experts split by time need nets conditioned on t, not {low_info['noise_input']!r}")
     (llo, lhi), (hlo, hhi) = (low_info.get("train_t", (0.0, 1.0)), high_info.get("train_t", (0.0, 1.0)))
     if not (llo <= boundary <= lhi and hlo <= boundary < hhi):
         raise ValueError(f"boundary {boundary} must lie in both experts' training ranges (low-noise net "

@@ -225,8 +225,7 @@ def stage_t2s_cache(ctx: Context, d: Path, up: Results, recipes: list[Path]) -> 
     train beside each other on copies of these files instead of each encoding the set again."""
     cli = configured_cli(d, lightning_cli, recipes, _t2s_overrides(ctx, d, up))
     cli.datamodule.setup("fit")
-    cli.model.use_latent_cache(cli.datamodule)
-    cli.model.cache.save()
+    cli.model.use_latent_cache(cli.datamodule)  # writes both caches into d
     return {"dir": str(d), "clips": {split: len(getattr(cli.datamodule, attr).cache)
                                      for split, attr in (("train", "train_set"), ("validation", "val_set"))}}
 
